@@ -8,7 +8,7 @@ CPU in millicores, memory in MiB. What-if changes (dry runs, preemption) use a
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -132,9 +132,16 @@ class Allocation:
 class Snapshot:
     """The fleet plus every allocation on it. Mutated only through `apply` and `release`."""
 
-    __slots__ = ("_by_owner", "allocations", "nodes")
+    __slots__ = ("_by_owner", "allocations", "levels", "nodes")
 
-    def __init__(self, nodes: Iterable[Node] = (), allocations: Iterable[Allocation] = ()) -> None:
+    def __init__(
+        self,
+        nodes: Iterable[Node] = (),
+        allocations: Iterable[Allocation] = (),
+        levels: Sequence[str] = (),
+    ) -> None:
+        # Topology label keys, closest first; Node.topology holds each node's value per level.
+        self.levels: tuple[str, ...] = tuple(levels)
         self.nodes: dict[str, Node] = {n.name: n for n in nodes}
         self.allocations: dict[tuple[str, str], Allocation] = {}
         self._by_owner: dict[str, set[str]] = {}
@@ -147,6 +154,10 @@ class Snapshot:
 
     def allocations_of(self, owner: str) -> list[Allocation]:
         return [self.allocations[(owner, m)] for m in sorted(self._by_owner.get(owner, ()))]
+
+    def level_index(self, key: str) -> int:
+        """Position of a topology label key in `levels`; ValueError when the pool lacks it."""
+        return self.levels.index(key)
 
     def node(self, name: str) -> Node:
         return self.nodes[name]
@@ -230,7 +241,7 @@ class Snapshot:
 
     def copy(self) -> Snapshot:
         """A deep, independent copy (prefer `transaction()` for what-if work on big fleets)."""
-        clone = Snapshot()
+        clone = Snapshot(levels=self.levels)
         clone.nodes = copy.deepcopy(self.nodes)
         clone.allocations = dict(self.allocations)
         clone._by_owner = {k: set(v) for k, v in self._by_owner.items()}
