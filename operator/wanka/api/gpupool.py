@@ -1,0 +1,228 @@
+"""GPUPool: a set of GPU nodes with one accelerator kind, topology, sharing mode and health policy."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from wanka.api.common import (
+    LABEL_KEY_PATTERN,
+    MAX_LABEL_KEY,
+    Condition,
+    LabelSelector,
+    WankaModel,
+    cel,
+)
+
+SharingMode = Literal["Exclusive", "MPS", "TimeSlice", "MIG"]
+MIG_PROFILE_PATTERN = r"^[1-7]g\.[0-9]+gb(\+me)?$"
+
+
+class Accelerator(WankaModel):
+    """Which extended resource the pool's devices are exposed as, and what they are."""
+
+    resource_name: str = Field(
+        default="nvidia.com/gpu",
+        max_length=MAX_LABEL_KEY,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
+        description="Extended resource name of one device (any vendor), e.g. nvidia.com/gpu.",
+    )
+    model: str | None = Field(
+        default=None,
+        max_length=63,
+        description="Device model, e.g. H100-80GB. Unset: read from each node's "
+        "wanka.io/gpu-model label.",
+    )
+    memory_gi_b: int | None = Field(
+        default=None,
+        alias="memoryGiB",
+        ge=1,
+        le=4096,
+        description="Memory of one device in GiB; bounds gpuMemoryGiB requests on shared devices.",
+    )
+
+
+class Topology(WankaModel):
+    """The network hierarchy of the pool as node label keys."""
+
+    levels: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Node label keys naming each node's domain, closest first, e.g. "
+        "[wanka.io/nvlink-domain, wanka.io/rack, wanka.io/spine].",
+        json_schema_extra={
+            "items": {"type": "string", "maxLength": MAX_LABEL_KEY, "pattern": LABEL_KEY_PATTERN},
+            "x-kubernetes-validations": [
+                cel("self.all(x, self.exists_one(y, y == x))", "topology levels must be distinct")
+            ],
+        },
+    )
+
+
+class Sharing(WankaModel):
+    """How one device may be shared between tenants."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.maxSharesPerDevice) || self.mode in ['MPS', 'TimeSlice']",
+                    "maxSharesPerDevice applies only to the MPS and TimeSlice sharing modes",
+                ),
+                cel(
+                    "self.mode == 'MIG' || !has(self.migProfiles) || self.migProfiles.size() == 0",
+                    "migProfiles applies only to the MIG sharing mode",
+                ),
+                cel(
+                    "self.mode != 'MIG' || (has(self.migProfiles) && self.migProfiles.size() > 0)",
+                    "a MIG pool must list the migProfiles tenants may ask for",
+                ),
+            ]
+        }
+    )
+
+    mode: SharingMode = Field(
+        default="Exclusive",
+        description="Exclusive: whole devices only. MPS / TimeSlice: replicas may ask for a "
+        "fraction of one device. MIG: replicas ask for a MIG profile.",
+    )
+    max_shares_per_device: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="MPS / TimeSlice: most tenants on one device.",
+    )
+    mig_profiles: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="MIG: the profiles tenants may ask for, e.g. 1g.10gb.",
+        json_schema_extra={
+            "items": {"type": "string", "maxLength": 16, "pattern": MIG_PROFILE_PATTERN}
+        },
+    )
+
+
+class ConditionMatch(WankaModel):
+    """A node condition that means the node is sick."""
+
+    type: str = Field(max_length=316, description="Node condition type, e.g. GPUHealthy.")
+    status: Literal["True", "False", "Unknown"] = Field(description="The status that means sick.")
+
+
+def _default_unhealthy() -> list[ConditionMatch]:
+    return [ConditionMatch(type="GPUHealthy", status="False")]
+
+
+class HealthPolicy(WankaModel):
+    """When nodes and devices count as sick, and how they come back."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.flapWindowSeconds >= self.recoveryStableSeconds",
+                    "flapWindowSeconds must be at least recoveryStableSeconds",
+                )
+            ]
+        }
+    )
+
+    unhealthy_conditions: list[ConditionMatch] = Field(
+        default_factory=_default_unhealthy,
+        max_length=32,
+        description="Node conditions that mean sick (Ready=False/Unknown always does).",
+    )
+    fatal_reasons: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Condition reasons that taint NoExecute instead of NoSchedule, e.g. XID79.",
+        json_schema_extra={"items": {"type": "string", "maxLength": 128}},
+    )
+    recovery_stable_seconds: int = Field(
+        default=300, ge=0, le=86400, description="How long a node must stay healthy before "
+        "its taint is removed."
+    )
+    flap_limit: int = Field(
+        default=3, ge=1, le=100, description="Sick transitions within the window that quarantine "
+        "a node until a person clears it."
+    )
+    flap_window_seconds: int = Field(
+        default=3600, ge=1, le=604800, description="The window flaps are counted in."
+    )
+    max_unhealthy_percent: int = Field(
+        default=20,
+        ge=0,
+        le=100,
+        description="If more than this share of the pool turns sick, stop tainting new nodes "
+        "(a broken probe must not take the fleet down).",
+    )
+
+
+class GPUPoolSpec(WankaModel):
+    """Desired state of a GPUPool."""
+
+    node_selector: LabelSelector = Field(description="Selects the pool's nodes by label.")
+    accelerator: Accelerator = Field(
+        default_factory=Accelerator, description="The devices the pool offers."
+    )
+    topology: Topology = Field(default_factory=Topology, description="Network hierarchy.")
+    sharing: Sharing = Field(default_factory=Sharing, description="Device sharing.")
+    health: HealthPolicy = Field(default_factory=HealthPolicy, description="Health policy.")
+
+
+class NodeCounts(WankaModel):
+    """Nodes of the pool by health."""
+
+    total: int = Field(default=0, ge=0, description="Nodes selected.")
+    healthy: int = Field(default=0, ge=0, description="Ready and not tainted unhealthy.")
+    sick: int = Field(default=0, ge=0, description="Failing a health signal now.")
+    recovering: int = Field(default=0, ge=0, description="Healthy again, waiting out the window.")
+    quarantined: int = Field(default=0, ge=0, description="Flapped too often; needs a person.")
+
+
+class GPUCounts(WankaModel):
+    """Devices of the pool, in GPU-equivalents (a 0.25 slice counts 0.25)."""
+
+    total: int = Field(default=0, ge=0, description="Devices on the selected nodes.")
+    allocatable: int = Field(default=0, ge=0, description="Devices on healthy, schedulable nodes.")
+    allocated: float = Field(default=0, ge=0, description="Held by bound pods, any scheduler.")
+    free: float = Field(default=0, ge=0, description="Allocatable minus allocated.")
+    stranded: float = Field(
+        default=0, ge=0, description="Free but in pieces too small for any pending request."
+    )
+
+
+class ModelCount(WankaModel):
+    """Devices of one model."""
+
+    model: str = Field(max_length=63, description="Device model.")
+    total: int = Field(ge=0, description="Devices of this model.")
+    free: float = Field(ge=0, description="Free devices of this model.")
+
+
+class GPUPoolStatus(WankaModel):
+    """Observed state of a GPUPool."""
+
+    observed_generation: int | None = Field(default=None, description="Spec generation seen.")
+    nodes: NodeCounts = Field(default_factory=NodeCounts, description="Nodes by health.")
+    gpus: GPUCounts = Field(default_factory=GPUCounts, description="Device accounting.")
+    models: list[ModelCount] = Field(
+        default_factory=list, max_length=64, description="Per-model breakdown."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Ready, Degraded, HealthGuardTripped, ...",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class GPUPool(WankaModel):
+    """A pool of GPU nodes that Wanka schedules as one."""
+
+    api_version: Literal["wanka.io/v1alpha1"] = Field(default="wanka.io/v1alpha1")
+    kind: Literal["GPUPool"] = Field(default="GPUPool")
+    metadata: dict[str, object] = Field(default_factory=dict)
+    spec: GPUPoolSpec
+    status: GPUPoolStatus | None = None
