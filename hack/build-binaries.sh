@@ -60,7 +60,8 @@ build_kube() {
     grep -E '^godebug ' "$upstream" || true
     echo "require k8s.io/kubernetes ${KUBE_VERSION}"
     # Every staging module the upstream go.mod pins at v0.0.0 is replaced by its published release.
-    grep -oE '^\s*k8s\.io/[a-z0-9-]+ v0\.0\.0' "$upstream" | awk '{print $1}' | sort -u |
+    grep -E '=>[[:space:]]*\./staging/' "$upstream" | sed -E 's/^[[:space:]]*(replace[[:space:]]+)?//' |
+      awk '{print $1}' | sort -u |
       while read -r mod; do echo "replace $mod => $mod $staging"; done
   } > go.mod
   log "$(grep -c '^replace' go.mod) staging modules replaced with $staging"

@@ -1,0 +1,42 @@
+"""Kubernetes client construction: one place that decides which cluster Wanka talks to."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kubernetes import client, config
+
+LOCAL_KUBECONFIG = Path(".wanka/kubeconfig")
+
+
+def api_client(kubeconfig: str | os.PathLike[str] | None = None) -> client.ApiClient:
+    """An ApiClient for the given kubeconfig, else $KUBECONFIG, .wanka/kubeconfig, in-cluster,
+    then ~/.kube/config, in that order."""
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    if not path and LOCAL_KUBECONFIG.exists():
+        path = LOCAL_KUBECONFIG
+    if path:
+        return config.new_client_from_config(config_file=str(path))
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()
+        return client.ApiClient()
+    return config.new_client_from_config()
+
+
+def connection_settings(api: client.ApiClient) -> dict[str, object]:
+    """Server, CA, token or client certificate of an ApiClient, for other HTTP clients (kopf)."""
+    cfg = api.configuration
+    auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken") or ""
+    prefix = (cfg.api_key_prefix or {}).get("authorization", "")
+    token = auth.split(" ", 1)[1] if auth.startswith("Bearer ") else auth
+    if prefix and prefix != "Bearer":
+        token = ""
+    return {
+        "server": cfg.host,
+        "ca_path": cfg.ssl_ca_cert,
+        "insecure": not cfg.verify_ssl,
+        "token": token or None,
+        "certificate_path": cfg.cert_file,
+        "private_key_path": cfg.key_file,
+    }

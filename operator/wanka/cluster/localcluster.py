@@ -1,0 +1,298 @@
+"""A real local control plane on loopback: etcd, kube-apiserver, kube-controller-manager and kwok.
+
+Processes run from binaries built by hack/build-binaries.sh, each in its own session, on free
+ports, with all state (PKI, etcd data, logs, PIDs) in one directory so that parallel clusters
+never collide and `down()` stops exactly what `up()` started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+BUILD_SCRIPT = REPO / "hack" / "build-binaries.sh"
+KWOK_CONFIG = REPO / "hack" / "kwok.yaml"
+KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+
+
+class ClusterStartError(RuntimeError):
+    """A component did not come up; the message carries the tail of its log."""
+
+
+def build_binaries() -> Path:
+    """Build (or reuse) the control-plane binaries; returns their directory."""
+    env = dict(os.environ)
+    proc = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, env=env, check=False
+    )
+    if proc.returncode != 0:
+        raise ClusterStartError(
+            f"building the control-plane binaries failed ({BUILD_SCRIPT}):\n"
+            + "\n".join((proc.stderr or proc.stdout).splitlines()[-40:])
+        )
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ClusterStartError(f"openssl {' '.join(args)} failed: {proc.stderr.strip()}")
+
+
+def make_pki(pki: Path) -> None:
+    """A CA, the apiserver's serving certificate and the service-account signing key."""
+    pki.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+             "ca.crt", "-days", "3650", "-subj", "/CN=wanka-local-ca", cwd=pki)
+    (pki / "san.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,"
+        "DNS:kubernetes.default,DNS:kubernetes.default.svc\n"
+        "extendedKeyUsage=serverAuth\n"
+    )
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key", "-out",
+             "apiserver.csr", "-subj", "/CN=kube-apiserver", cwd=pki)
+    _openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "apiserver.crt", "-days", "3650", "-extfile", "san.ext",
+             cwd=pki)
+    _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
+    _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+
+
+def kubeconfig_dict(server: str, ca_file: Path, token: str, user: str = "admin") -> dict[str, object]:
+    import base64
+
+    ca = base64.b64encode(ca_file.read_bytes()).decode()
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "wanka-local", "cluster": {"server": server,
+                                                         "certificate-authority-data": ca}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "wanka-local", "context": {"cluster": "wanka-local", "user": user}}],
+        "current-context": "wanka-local",
+    }
+
+
+@dataclass
+class LocalCluster:
+    """One local control plane whose whole state lives in `state_dir`."""
+
+    state_dir: Path
+    bin_dir: Path | None = None
+    with_controller_manager: bool = True
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Children run with the state dir as their cwd: every path handed to them is absolute.
+        self.state_dir = Path(self.state_dir).resolve()
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "pids.json"
+
+    def _pids(self) -> dict[str, int]:
+        if not self.pid_file.exists():
+            return {}
+        data: dict[str, int] = json.loads(self.pid_file.read_text())
+        return data
+
+    def _start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=self.state_dir,
+        )
+        log.close()
+        pids = self._pids()
+        pids[name] = proc.pid
+        self.pid_file.write_text(json.dumps(pids))
+        return proc
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.logs / f"{name}.log"
+        if not path.exists():
+            return f"(no log at {path})"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _wait(self, name: str, proc: subprocess.Popen[bytes], ready: object, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ClusterStartError(
+                    f"{name} exited with code {proc.returncode}; last log lines:\n"
+                    + self.log_tail(name)
+                )
+            if ready():  # type: ignore[operator]
+                return
+            time.sleep(0.2)
+        raise ClusterStartError(
+            f"{name} not ready after {timeout:.0f}s; last log lines:\n" + self.log_tail(name)
+        )
+
+    @staticmethod
+    def _http_ok(url: str, token: str | None = None, ca: Path | None = None) -> bool:
+        ctx: ssl.SSLContext | None = None
+        if url.startswith("https"):
+            ctx = ssl.create_default_context(cafile=str(ca)) if ca else ssl._create_unverified_context()  # noqa: S323
+        req = urllib.request.Request(url)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=2, context=ctx) as resp:  # noqa: S310
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, OSError, ssl.SSLError):
+            return False
+
+    def up(self, timeout: float = 120) -> Path:
+        """Start every component and return the admin kubeconfig path."""
+        if self._pids():
+            self.down()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        bins = self.bin_dir or build_binaries()
+        pki = self.state_dir / "pki"
+        make_pki(pki)
+        token = secrets.token_hex(16)
+        (pki / "tokens.csv").write_text(f'{token},wanka-admin,wanka-admin,"system:masters"\n')
+        self.ports = {n: free_port() for n in ("etcd", "etcd-peer", "apiserver", "kcm", "kwok")}
+        (self.state_dir / "ports.json").write_text(json.dumps(self.ports))
+        try:
+            self._up(bins, pki, token, timeout)
+        except BaseException:
+            self.down(keep_logs=True)
+            raise
+        return self.kubeconfig
+
+    def _up(self, bins: Path, pki: Path, token: str, timeout: float) -> None:
+        p = self.ports
+        etcd_url = f"http://127.0.0.1:{p['etcd']}"
+        etcd = self._start("etcd", [
+            str(bins / "etcd"), "--data-dir", str(self.state_dir / "etcd"), "--name", "wanka",
+            "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+            "--listen-peer-urls", f"http://127.0.0.1:{p['etcd-peer']}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{p['etcd-peer']}",
+            "--initial-cluster", f"wanka=http://127.0.0.1:{p['etcd-peer']}",
+            "--unsafe-no-fsync", "--log-level", "warn", "--quota-backend-bytes", str(2 << 30),
+        ])
+        self._wait("etcd", etcd, lambda: self._http_ok(f"{etcd_url}/health"), timeout)
+
+        server = f"https://127.0.0.1:{p['apiserver']}"
+        apiserver = self._start("kube-apiserver", [
+            str(bins / "kube-apiserver"),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1", f"--secure-port={p['apiserver']}",
+            "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--token-auth-file={pki / 'tokens.csv'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            "--authorization-mode=RBAC",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--event-ttl=1h",
+            *([] if self.with_controller_manager else ["--disable-admission-plugins=ServiceAccount"]),
+        ])
+        self._wait("kube-apiserver", apiserver,
+                   lambda: self._http_ok(f"{server}/readyz", token, pki / "ca.crt"), timeout)
+        self.kubeconfig.write_text(yaml.safe_dump(kubeconfig_dict(server, pki / "ca.crt", token)))
+
+        if self.with_controller_manager:
+            kc = str(self.kubeconfig)
+            kcm = self._start("kube-controller-manager", [
+                str(bins / "kube-controller-manager"),
+                f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                "--bind-address=127.0.0.1", f"--secure-port={p['kcm']}",
+                "--leader-elect=false",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+                f"--cluster-signing-key-file={pki / 'ca.key'}",
+                "--controllers=*,-bootstrapsigner,-tokencleaner,-nodeipam,-service-lb-controller,"
+                "-cloud-node-lifecycle,-persistentvolume-binder,-attachdetach,-ephemeral-volume",
+                "--concurrent-gc-syncs=5",
+                "--profiling=false",
+            ])
+            self._wait("kube-controller-manager", kcm,
+                       lambda: self._http_ok(f"https://127.0.0.1:{p['kcm']}/healthz"), timeout)
+
+        kwok = self._start("kwok", [
+            str(bins / "kwok"), f"--kubeconfig={self.kubeconfig}",
+            "--manage-all-nodes=false",
+            f"--manage-nodes-with-annotation-selector={'='.join(KWOK_NODE_ANNOTATION)}",
+            f"--config={KWOK_CONFIG}",
+            f"--server-address=127.0.0.1:{p['kwok']}",
+            "--cidr=10.244.0.0/16", "--node-ip=10.1.0.1",
+        ])
+        self._wait("kwok", kwok, lambda: self._http_ok(f"http://127.0.0.1:{p['kwok']}/healthz"),
+                   timeout)
+
+    def down(self, keep_logs: bool = False) -> None:
+        """Stop every process this cluster started (by PID) and remove its state."""
+        pids = self._pids()
+        for pid in reversed(list(pids.values())):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + 10
+        for pid in pids.values():
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.1)
+            if _alive(pid):
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        if self.pid_file.exists():
+            self.pid_file.unlink()
+        if keep_logs:
+            return
+        import shutil
+
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
