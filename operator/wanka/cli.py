@@ -11,8 +11,9 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, str] = {
     "run": "wanka.controllers.main",
     "dev": "wanka.cluster.dev",
+    "status": "wanka.cluster.status_cli",
     "crds": "wanka.api.crdgen",
-    "simulate": "wanka.sim.cli",
+    "agent": "wanka.agent.cli",
 }
 
 

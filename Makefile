@@ -1,0 +1,57 @@
+# Wanka developer entry points. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: help venv binaries cluster-up cluster-down crds crds-check lint test test-unit test-integration demo sim bench
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -e '.[test,sim]'
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install Wanka with its test dependencies
+
+binaries: ## build (or reuse) kube-apiserver, controller-manager, etcd and kwok from Go modules
+	@bash hack/build-binaries.sh
+
+cluster-up: venv binaries ## start the local control plane; kubeconfig in .wanka/kubeconfig
+	$(VPY) -m wanka.cli dev up --state-dir .wanka
+
+cluster-down: venv ## stop every process cluster-up started and remove its state
+	$(VPY) -m wanka.cli dev down --state-dir .wanka
+
+crds: venv ## regenerate crds/ (and the chart's copy) from the API models
+	$(VPY) -m wanka.cli crds --out crds
+
+crds-check: venv ## fail if crds/ is stale
+	$(VPY) -m wanka.cli crds --out crds --check
+
+lint: venv ## import layering contract and stale CRDs
+	$(VENV)/bin/lint-imports
+	$(MAKE) --no-print-directory crds-check
+
+test-unit: venv ## the pure core, fast, no cluster
+	$(VPY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+test-integration: venv binaries ## against a real kube-apiserver + etcd + kwok started by the tests
+	$(VPY) -m pytest tests/integration -q $(PYTEST_ARGS)
+
+test: venv binaries lint ## everything: lint, unit and integration tests
+	$(VPY) -m pytest tests -q $(PYTEST_ARGS)
+
+demo: venv binaries ## local cluster, 16 simulated 8-GPU nodes in 2 racks, a pool, the operator; KEEP=1 leaves it up
+	$(VPY) hack/demo.py $(if $(KEEP),--keep,)
+
+sim: venv ## replay the OpenB trace with every policy (see docs/simulator.md)
+	$(VPY) -m wanka.cli simulate --nodes ../shared/data/openb/openb_node_list_gpu_node.csv \
+	  --pods ../shared/data/openb/openb_pod_list_default.csv --policy all --seeds 5 \
+	  --json out/openb-default.json --plot out/openb-default.png

@@ -1,0 +1,185 @@
+"""Keeps every GPUPool's status true to the nodes it selects and the pods bound on them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from wanka.api.common import Condition, now_utc, set_condition
+from wanka.api.gpupool import GPUCounts, GPUPoolSpec, GPUPoolStatus, ModelCount, NodeCounts
+from wanka.cluster.cache import FleetCache
+from wanka.cluster.translate import PoolView, build_pool_snapshot
+from wanka.core.accounting import PoolSummary, summarize
+
+log = logging.getLogger(__name__)
+
+
+class StatusPatcher(Protocol):
+    def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> bool: ...
+
+
+class Recorder(Protocol):
+    def record(self, obj: Mapping[str, Any], type_: Any, reason: str, message: str) -> None: ...
+
+
+def parse_spec(pool: Mapping[str, Any]) -> GPUPoolSpec:
+    return GPUPoolSpec.model_validate(pool.get("spec") or {})
+
+
+def invalid_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"spec.{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def status_from_summary(
+    summary: PoolSummary,
+    previous: GPUPoolStatus | None,
+    generation: int | None,
+    conflicts: list[str],
+    now: datetime,
+) -> GPUPoolStatus:
+    conditions: list[Condition] = list(previous.conditions) if previous else []
+    if summary.nodes_total:
+        set_condition(conditions, "Ready", "True", "NodesSelected",
+                      f"{summary.nodes_total} nodes, {summary.gpus_total} GPUs", generation, now)
+    else:
+        set_condition(conditions, "Ready", "False", "NoNodesSelected",
+                      "the nodeSelector matches no node", generation, now)
+    if summary.nodes_sick or summary.sick_devices:
+        names = ", ".join(summary.sick_nodes[:10]) + (" ..." if len(summary.sick_nodes) > 10 else "")
+        msg = f"{summary.nodes_sick} sick nodes" + (f" ({names})" if names else "")
+        msg += f", {summary.sick_devices} sick devices"
+        set_condition(conditions, "Degraded", "True", "SickNodes", msg, generation, now)
+    else:
+        set_condition(conditions, "Degraded", "False", "AllHealthy", "no sick node or device",
+                      generation, now)
+    if conflicts:
+        set_condition(conditions, "Overcommitted", "True", "DeviceConflict",
+                      "; ".join(conflicts[:5]), generation, now)
+    else:
+        set_condition(conditions, "Overcommitted", "False", "NoConflict",
+                      "no device is claimed twice", generation, now)
+    return GPUPoolStatus(
+        observed_generation=generation,
+        nodes=NodeCounts(
+            total=summary.nodes_total,
+            healthy=summary.nodes_healthy,
+            sick=summary.nodes_sick,
+            recovering=summary.nodes_recovering,
+            quarantined=summary.nodes_quarantined,
+        ),
+        gpus=GPUCounts(
+            total=summary.gpus_total,
+            allocatable=summary.gpus_allocatable,
+            allocated=summary.gpus_allocated,
+            free=summary.gpus_free,
+            stranded=summary.gpus_stranded,
+        ),
+        models=[ModelCount(model=m.model, total=m.total, free=m.free) for m in summary.models],
+        conditions=conditions,
+    )
+
+
+@dataclass
+class PoolReconciler:
+    """Recomputes every pool from the cache and writes only what changed."""
+
+    cache: FleetCache
+    writer: StatusPatcher
+    events: Recorder
+    clock: Callable[[], datetime] = now_utc
+    on_summary: Callable[[str, PoolSummary], None] | None = None
+    _last: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _invalid: dict[str, str] = field(default_factory=dict)
+
+    def views(self) -> dict[str, tuple[GPUPoolSpec, PoolView]]:
+        """Each valid pool's spec and snapshot (also used by the scheduler)."""
+        nodes = self.cache.store("nodes").values()
+        pods = self.cache.store("pods").values()
+        out = {}
+        for pool in self.cache.store("gpupools").values():
+            try:
+                spec = parse_spec(pool)
+            except ValidationError:
+                continue
+            out[pool["metadata"]["name"]] = (spec, build_pool_snapshot(spec, nodes, pods))
+        return out
+
+    def reconcile_all(self) -> None:
+        nodes = self.cache.store("nodes").values()
+        pods = self.cache.store("pods").values()
+        for pool in self.cache.store("gpupools").values():
+            try:
+                self.reconcile(pool, nodes, pods)
+            except Exception:  # one broken pool must not stop the others
+                log.exception("reconciling pool %s failed", pool.get("metadata", {}).get("name"))
+
+    def reconcile(self, pool: Mapping[str, Any], nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> None:
+        meta = pool.get("metadata") or {}
+        name = str(meta.get("name"))
+        generation = meta.get("generation")
+        now = self.clock()
+        previous = self._previous_status(pool)
+        try:
+            spec = parse_spec(pool)
+        except ValidationError as exc:
+            message = invalid_message(exc)
+            conditions = list(previous.conditions) if previous else []
+            set_condition(conditions, "Ready", "False", "InvalidSpec", message, generation, now)
+            status = GPUPoolStatus(observed_generation=generation, conditions=conditions)
+            if self._invalid.get(name) != message:
+                self.events.record(pool, "Warning", "InvalidSpec", message)
+                self._invalid[name] = message
+            self._write(pool, name, status)
+            return
+        self._invalid.pop(name, None)
+        view = build_pool_snapshot(spec, nodes, pods)
+        summary = summarize(view.snapshot)
+        if self.on_summary:
+            self.on_summary(name, summary)
+        status = status_from_summary(summary, previous, generation, view.conflicts, now)
+        self._announce(pool, previous, status)
+        self._write(pool, name, status)
+
+    def _previous_status(self, pool: Mapping[str, Any]) -> GPUPoolStatus | None:
+        raw = pool.get("status")
+        if not raw:
+            return None
+        try:
+            return GPUPoolStatus.model_validate(raw)
+        except ValidationError:
+            return None  # a status we cannot read is rewritten whole
+
+    def _announce(self, pool: Mapping[str, Any], old: GPUPoolStatus | None, new: GPUPoolStatus) -> None:
+        """Events for what a person would want in `kubectl describe gpupool`."""
+        old_nodes = old.nodes if old else NodeCounts()
+        if new.nodes.total != old_nodes.total:
+            self.events.record(
+                pool, "Normal", "NodesChanged",
+                f"{new.nodes.total} nodes selected (was {old_nodes.total}), {new.gpus.total} GPUs",
+            )
+        if new.nodes.sick > old_nodes.sick:
+            degraded = next((c for c in new.conditions if c.type == "Degraded"), None)
+            self.events.record(pool, "Warning", "NodesSick",
+                               degraded.message if degraded else f"{new.nodes.sick} sick nodes")
+        elif new.nodes.sick < old_nodes.sick:
+            self.events.record(pool, "Normal", "NodesRecovered",
+                               f"{new.nodes.sick} sick nodes (was {old_nodes.sick})")
+
+    def _write(self, pool: Mapping[str, Any], name: str, status: GPUPoolStatus) -> None:
+        wire = status.wire()
+        if self._last.get(name) == wire:
+            return
+        if (pool.get("status") or {}) == wire:
+            self._last[name] = wire
+            return
+        if self.writer.patch_status("gpupools", "", name, wire):
+            self._last[name] = wire

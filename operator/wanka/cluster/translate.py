@@ -1,0 +1,237 @@
+"""Translates watched Kubernetes objects (plain dicts) into the core's fleet snapshot."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from kubernetes.utils import parse_quantity
+
+from wanka.api.gpupool import GPUPoolSpec
+from wanka.core.snapshot import WHOLE, Allocation, Device, DeviceShare, Node, OverAllocation, Snapshot
+
+log = logging.getLogger(__name__)
+
+# Labels and annotations Wanka reads and writes.
+GPU_MODEL_LABEL = "wanka.io/gpu-model"
+JOB_LABEL = "wanka.io/job"
+REPLICA_LABEL = "wanka.io/replica"
+DEVICES_ANNOTATION = "wanka.io/devices"  # "0,1,2,3" whole devices, or "3:250" a share of one
+GPU_MEMORY_ANNOTATION = "wanka.io/gpu-memory-mib"
+GPU_HEALTH_ANNOTATION = "wanka.io/gpu-health"  # written by the agent: {"3": {"healthy": false}}
+HEALTH_ANNOTATION = "wanka.io/health"  # the operator's health record: {"state": "Sick", ...}
+UNHEALTHY_TAINT = "wanka.io/unhealthy"
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+def quantity(value: Any, default: str = "0") -> Decimal:
+    try:
+        return Decimal(parse_quantity(value if value is not None else default))
+    except (ValueError, TypeError, ArithmeticError):
+        return Decimal(0)
+
+
+def pod_requests(pod: Mapping[str, Any], resource: str) -> tuple[int, int, int]:
+    """(CPU millicores, memory MiB, extended-resource count) the pod holds on its node.
+
+    Follows the scheduler's rule: the larger of the sum over containers and the largest init
+    container; an extended resource's request defaults to its limit.
+    """
+    spec = pod.get("spec") or {}
+
+    def one(c: Mapping[str, Any]) -> tuple[Decimal, Decimal, Decimal]:
+        res = c.get("resources") or {}
+        req = res.get("requests") or {}
+        lim = res.get("limits") or {}
+        return (
+            quantity(req.get("cpu")),
+            quantity(req.get("memory")),
+            quantity(req.get(resource, lim.get(resource))),
+        )
+
+    main = [one(c) for c in spec.get("containers") or []]
+    init = [one(c) for c in spec.get("initContainers") or []]
+    sums = [sum((m[i] for m in main), Decimal(0)) for i in range(3)]
+    peaks = [max((m[i] for m in init), default=Decimal(0)) for i in range(3)]
+    cpu, mem, gpu = (max(s, p) for s, p in zip(sums, peaks, strict=True))
+    return int(cpu * 1000), int(mem / (1 << 20)), int(gpu)
+
+
+def condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return None
+
+
+def node_ready(node: Mapping[str, Any]) -> bool:
+    cond = condition(node, "Ready")
+    return bool(cond and cond.get("status") == "True")
+
+
+def has_taint(node: Mapping[str, Any], key: str) -> bool:
+    return any(t.get("key") == key for t in (node.get("spec") or {}).get("taints") or [])
+
+
+def blocking_taint(node: Mapping[str, Any]) -> str | None:
+    """The first taint that keeps new work off the node (our pods tolerate none of them)."""
+    for taint in (node.get("spec") or {}).get("taints") or []:
+        if taint.get("effect") in ("NoSchedule", "NoExecute"):
+            return str(taint.get("key"))
+    return None
+
+
+def annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return (obj.get("metadata") or {}).get("annotations") or {}
+
+
+def labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def _json_annotation(obj: Mapping[str, Any], key: str) -> dict[str, Any]:
+    raw = annotations(obj).get(key)
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        log.warning("ignoring malformed %s annotation on %s", key, obj.get("metadata", {}).get("name"))
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def sick_conditions(node: Mapping[str, Any], spec: GPUPoolSpec) -> list[str]:
+    """Reasons the node's own conditions call it sick: Ready not True, or a policy match."""
+    reasons = []
+    ready = condition(node, "Ready")
+    if not ready or ready.get("status") != "True":
+        reasons.append(f"Ready={ready.get('status') if ready else 'Unknown'}")
+    for match in spec.health.unhealthy_conditions:
+        cond = condition(node, match.type)
+        if cond and cond.get("status") == match.status:
+            reasons.append(f"{match.type}={match.status}:{cond.get('reason') or ''}".rstrip(":"))
+    return reasons
+
+
+def build_node(node: Mapping[str, Any], spec: GPUPoolSpec, levels: tuple[str, ...]) -> Node:
+    meta = node.get("metadata") or {}
+    status = node.get("status") or {}
+    lab = labels(node)
+    resource = spec.accelerator.resource_name
+    count = int(quantity((status.get("capacity") or {}).get(resource)))
+    alloc = status.get("allocatable") or {}
+    model = spec.accelerator.model or lab.get(GPU_MODEL_LABEL, "")
+    memory_mib = (spec.accelerator.memory_gi_b or 0) * 1024
+    device_health = _json_annotation(node, GPU_HEALTH_ANNOTATION)
+    devices = [
+        Device(
+            index=i,
+            model=model,
+            memory_mib=memory_mib,
+            healthy=bool((device_health.get(str(i)) or {}).get("healthy", True)),
+        )
+        for i in range(count)
+    ]
+    record = _json_annotation(node, HEALTH_ANNOTATION)
+    state = record.get("state")
+    if state not in ("Healthy", "Sick", "Recovering", "Quarantined"):
+        state = "Sick" if sick_conditions(node, spec) else "Healthy"
+    schedulable = (
+        node_ready(node)
+        and not (node.get("spec") or {}).get("unschedulable")
+        and blocking_taint(node) is None
+        and state == "Healthy"
+    )
+    return Node(
+        name=str(meta.get("name")),
+        cpu_milli=int(quantity(alloc.get("cpu")) * 1000),
+        memory_mib=int(quantity(alloc.get("memory")) / (1 << 20)),
+        devices=devices,
+        labels=dict(lab),
+        topology=tuple(lab.get(level, "") for level in levels),
+        schedulable=schedulable,
+        health=state,
+    )
+
+
+def pod_owner(pod: Mapping[str, Any]) -> tuple[str, str]:
+    meta = pod.get("metadata") or {}
+    lab = labels(pod)
+    ns = meta.get("namespace", "")
+    if JOB_LABEL in lab:
+        return f"{ns}/{lab[JOB_LABEL]}", lab.get(REPLICA_LABEL, meta.get("name", ""))
+    return f"pod:{ns}/{meta.get('name')}", "0"
+
+
+def parse_devices(raw: str) -> tuple[DeviceShare, ...]:
+    """'0,1,2' -> whole devices; '3:250' -> 250 milli of device 3. Raises ValueError."""
+    shares = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        index, _, milli = part.partition(":")
+        shares.append(DeviceShare(index=int(index), milli=int(milli) if milli else WHOLE))
+    return tuple(shares)
+
+
+def pod_allocation(pod: Mapping[str, Any], resource: str) -> Allocation | None:
+    """What a bound, non-terminal pod holds, or None for pods that hold nothing."""
+    spec = pod.get("spec") or {}
+    node = spec.get("nodeName")
+    if not node or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+        return None
+    cpu, mem, gpus = pod_requests(pod, resource)
+    owner, member = pod_owner(pod)
+    raw = annotations(pod).get(DEVICES_ANNOTATION)
+    shares: tuple[DeviceShare, ...] = ()
+    if raw:
+        try:
+            shares = parse_devices(raw)
+        except ValueError:
+            log.warning("pod %s has a malformed %s annotation %r", owner, DEVICES_ANNOTATION, raw)
+    if shares:
+        mem_mib = int(annotations(pod).get(GPU_MEMORY_ANNOTATION, "0") or 0)
+        if len(shares) == 1 and mem_mib:
+            shares = (DeviceShare(shares[0].index, shares[0].milli, mem_mib),)
+        return Allocation(owner, member, node, cpu, mem, shares)
+    return Allocation(owner, member, node, cpu, mem, (), opaque_gpus=gpus)
+
+
+@dataclass
+class PoolView:
+    """One pool's snapshot plus what did not fit into it."""
+
+    snapshot: Snapshot
+    conflicts: list[str] = field(default_factory=list)
+
+
+def build_pool_snapshot(
+    spec: GPUPoolSpec,
+    nodes: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+) -> PoolView:
+    """The snapshot of the nodes `spec` selects, with every bound pod on them applied."""
+    levels = tuple(spec.topology.levels)
+    selected = [build_node(n, spec, levels) for n in nodes if spec.node_selector.matches(dict(labels(n)))]
+    snap = Snapshot(selected, levels=levels)
+    view = PoolView(snap)
+    pinned, opaque = [], []
+    for pod in pods:
+        if ((pod.get("spec") or {}).get("nodeName")) not in snap.nodes:
+            continue
+        alloc = pod_allocation(pod, spec.accelerator.resource_name)
+        if alloc is not None:
+            (pinned if alloc.devices else opaque).append(alloc)
+    # Pinned allocations first: opaque pods then take whatever idle devices remain.
+    for alloc in [*pinned, *opaque]:
+        try:
+            snap.apply(alloc)
+        except OverAllocation as exc:
+            view.conflicts.append(f"{alloc.owner}/{alloc.member}: {exc}")
+    return view

@@ -1,0 +1,151 @@
+"""kopf registrations: watch events feed the cache; long-lived loops reconcile from it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from wanka.api.common import GROUP, VERSION
+from wanka.cluster.cache import FleetCache
+from wanka.cluster.kube import api_client, connection_settings
+from wanka.cluster.pools import PoolReconciler
+from wanka.cluster.writer import EventRecorder, StatusWriter
+from wanka.core.accounting import PoolSummary
+from wanka.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, register_pool_collector
+
+log = logging.getLogger("wanka")
+DEBOUNCE_SECONDS = 0.05
+
+
+@dataclass
+class Runtime:
+    """Everything the handlers share, kept in kopf's memo."""
+
+    cache: FleetCache = field(default_factory=FleetCache)
+    summaries: dict[str, PoolSummary] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+RUNTIME = Runtime()
+
+
+def _feed(kind: str) -> Any:
+    def handler(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        RUNTIME.cache.observe(kind, event.get("type"), dict(body))
+
+    handler.__name__ = handler.__qualname__ = f"cache_{kind}"
+    return handler
+
+
+kopf.on.event("", "v1", "nodes")(_feed("nodes"))
+kopf.on.event("", "v1", "pods")(_feed("pods"))
+kopf.on.event(GROUP, VERSION, "gpupools")(_feed("gpupools"))
+kopf.on.event(GROUP, VERSION, "trainingjobs")(_feed("trainingjobs"))
+kopf.on.event(GROUP, VERSION, "tenantqueues")(_feed("tenantqueues"))
+
+
+async def _loop(name: str, wake: asyncio.Event, step: Any) -> None:
+    """Run `step` (synchronous, it talks to the API) whenever the cache changes."""
+    while True:
+        await wake.wait()
+        await asyncio.sleep(DEBOUNCE_SECONDS)  # coalesce bursts of watch events
+        wake.clear()
+        with RECONCILE_SECONDS.labels(name).time():
+            try:
+                await asyncio.to_thread(step)
+            except Exception:
+                RECONCILE_ERRORS.labels(name).inc()
+                log.exception("%s loop pass failed; retrying on the next change", name)
+                await asyncio.sleep(1)
+                wake.set()
+
+
+@kopf.on.login()
+def operator_login(**_: Any) -> kopf.ConnectionInfo:
+    """Log in exactly as our own client does (kubernetes.config reads $KUBECONFIG at import)."""
+    conn = connection_settings(api_client(os.environ.get("KUBECONFIG")))
+    return kopf.ConnectionInfo(
+        server=str(conn["server"]),
+        ca_path=conn["ca_path"],  # type: ignore[arg-type]
+        insecure=bool(conn["insecure"]),
+        token=conn["token"],  # type: ignore[arg-type]
+        certificate_path=conn["certificate_path"],  # type: ignore[arg-type]
+        private_key_path=conn["private_key_path"],  # type: ignore[arg-type]
+    )
+
+
+@kopf.on.startup()
+async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.posting.level = logging.WARNING
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    api = api_client(os.environ.get("KUBECONFIG"))
+    pools = PoolReconciler(
+        RUNTIME.cache,
+        StatusWriter(api),
+        EventRecorder(api),
+        on_summary=RUNTIME.summaries.__setitem__,
+    )
+    RUNTIME.tasks.append(
+        asyncio.create_task(_loop("gpupool", RUNTIME.cache.subscribe(), pools.reconcile_all))
+    )
+
+
+@kopf.on.cleanup()
+async def operator_cleanup(**_: Any) -> None:
+    for task in RUNTIME.tasks:
+        task.cancel()
+    await asyncio.gather(*RUNTIME.tasks, return_exceptions=True)
+    RUNTIME.tasks.clear()
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = os.path.abspath(args.kubeconfig)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}'
+        if args.log_format == "json"
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        # kopf logs every handled watch event at INFO; our own loops log what matters.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.metrics_addr)
+    register_pool_collector(lambda: dict(RUNTIME.summaries))
+    kopf.run(
+        clusterwide=True,
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        liveness_endpoint=f"http://{args.health_addr}:{args.health_port}/healthz"
+        if args.health_port
+        else None,
+    )
+    return 0
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("run", help="run the operator (all namespaces)")
+    parser.add_argument("--kubeconfig", default=None)
+    parser.add_argument("--metrics-port", type=int, default=8000, help="0 disables")
+    parser.add_argument("--metrics-addr", default="0.0.0.0")
+    parser.add_argument("--health-port", type=int, default=8080, help="0 disables")
+    parser.add_argument("--health-addr", default="0.0.0.0")
+    parser.add_argument("--peering", default=None,
+                        help="kopf peering name for leader election between replicas; "
+                             "unset runs standalone")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    parser.add_argument("--verbose", action="store_true")
+    parser.set_defaults(func=_run)

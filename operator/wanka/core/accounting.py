@@ -1,0 +1,94 @@
+"""Pool accounting: what a snapshot of a pool's nodes says about its capacity and health."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from wanka.core.snapshot import WHOLE, Node, Snapshot
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    model: str
+    total: int
+    free: float
+
+
+@dataclass(frozen=True)
+class PoolSummary:
+    """Counts that become GPUPool status; GPUs in GPU-equivalents (0.25 slice = 0.25)."""
+
+    nodes_total: int = 0
+    nodes_healthy: int = 0
+    nodes_sick: int = 0
+    nodes_recovering: int = 0
+    nodes_quarantined: int = 0
+    gpus_total: int = 0
+    gpus_allocatable: int = 0
+    gpus_allocated: float = 0.0
+    gpus_free: float = 0.0
+    gpus_stranded: float = 0.0
+    sick_devices: int = 0
+    models: tuple[ModelSummary, ...] = field(default=())
+    sick_nodes: tuple[str, ...] = field(default=())
+
+
+def _gpu(milli: int) -> float:
+    return round(milli / WHOLE, 3)
+
+
+def node_allocated_milli(node: Node) -> int:
+    return sum(d.used_milli for d in node.devices) + node.opaque_gpus * WHOLE
+
+
+def summarize(snapshot: Snapshot, stranded_milli: int = 0) -> PoolSummary:
+    """Summarise every node of `snapshot` (built for one pool).
+
+    Allocated counts every bound pod on the pool's nodes, ours or not, on any node state, so
+    the numbers add up against `kubectl describe node`. Allocatable and free count only
+    devices that can take new work: healthy devices on schedulable nodes.
+    """
+    nodes = list(snapshot.nodes.values())
+    health = {n.name: n.health for n in nodes}
+    sick = tuple(sorted(n.name for n in nodes if n.health == "Sick" or
+                        (n.health == "Healthy" and not n.schedulable)))
+    total = sum(len(n.devices) for n in nodes)
+    allocated = sum(node_allocated_milli(n) for n in nodes)
+    usable = [n for n in nodes if n.schedulable]
+    allocatable = sum(sum(1 for d in n.devices if d.healthy) for n in usable)
+    free = sum(max(0, n.free_milli) for n in usable)
+    by_model: dict[str, list[Node]] = {}
+    for n in nodes:
+        by_model.setdefault(n.model or "unknown", []).append(n)
+    models = tuple(
+        ModelSummary(
+            model=m,
+            total=sum(len(n.devices) for n in ns),
+            free=_gpu(sum(max(0, n.free_milli) for n in ns if n.schedulable)),
+        )
+        for m, ns in sorted(by_model.items())
+    )
+    return PoolSummary(
+        nodes_total=len(nodes),
+        nodes_healthy=sum(1 for n in nodes if n.schedulable and n.health == "Healthy"),
+        nodes_sick=len(sick),
+        nodes_recovering=sum(1 for h in health.values() if h == "Recovering"),
+        nodes_quarantined=sum(1 for h in health.values() if h == "Quarantined"),
+        gpus_total=total,
+        gpus_allocatable=allocatable,
+        gpus_allocated=_gpu(allocated),
+        gpus_free=_gpu(free),
+        gpus_stranded=_gpu(stranded_milli),
+        sick_devices=sum(1 for n in nodes for d in n.devices if not d.healthy),
+        models=models,
+        sick_nodes=sick,
+    )
+
+
+def usage_by_owner(allocs: Iterable[tuple[str, int]]) -> dict[str, float]:
+    """Sum (owner, milli) pairs into GPU-equivalents per owner."""
+    out: dict[str, int] = {}
+    for owner, milli in allocs:
+        out[owner] = out.get(owner, 0) + milli
+    return {k: _gpu(v) for k, v in out.items()}

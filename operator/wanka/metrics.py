@@ -1,0 +1,59 @@
+"""Prometheus metrics: counters and histograms updated in place, pool gauges computed at scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from wanka import __version__
+from wanka.core.accounting import PoolSummary
+
+BUILD_INFO = Info("wanka_build", "Wanka operator build information")
+BUILD_INFO.info({"version": __version__})
+
+RECONCILE_ERRORS = Counter(
+    "wanka_reconcile_errors_total", "Reconcile passes that raised, by controller", ["controller"]
+)
+RECONCILE_SECONDS = Histogram(
+    "wanka_reconcile_duration_seconds",
+    "Time of one reconcile pass, by controller",
+    ["controller"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+
+class PoolCollector(Collector):
+    """Pool gauges read at scrape time from the latest summaries (no stale series)."""
+
+    def __init__(self, source: Callable[[], Mapping[str, PoolSummary]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        pools = self.source()
+        gpus = GaugeMetricFamily("wanka_pool_gpus", "GPUs of a pool by state", labels=["pool", "state"])
+        nodes = GaugeMetricFamily("wanka_pool_nodes", "Nodes of a pool by health", labels=["pool", "health"])
+        for name, s in sorted(pools.items()):
+            for state, value in (
+                ("total", s.gpus_total), ("allocatable", s.gpus_allocatable),
+                ("allocated", s.gpus_allocated), ("free", s.gpus_free),
+                ("stranded", s.gpus_stranded), ("sick", s.sick_devices),
+            ):
+                gpus.add_metric([name, state], float(value))
+            for health, count in (
+                ("healthy", s.nodes_healthy), ("sick", s.nodes_sick),
+                ("recovering", s.nodes_recovering), ("quarantined", s.nodes_quarantined),
+            ):
+                nodes.add_metric([name, health], float(count))
+        yield gpus
+        yield nodes
+
+
+def register_pool_collector(
+    source: Callable[[], Mapping[str, PoolSummary]], registry: CollectorRegistry = REGISTRY
+) -> PoolCollector:
+    collector = PoolCollector(source)
+    registry.register(collector)
+    return collector

@@ -1,0 +1,200 @@
+"""Integration fixtures: one real control plane per session, the operator as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from wanka.cluster.kube import api_client
+from wanka.cluster.localcluster import REPO, ClusterStartError, LocalCluster, free_port
+
+pytestmark = pytest.mark.integration
+
+CRDS = REPO / "crds"
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.2, what: str = ""
+) -> Any:
+    """Poll until `predicate` returns something truthy; fail with `what` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last={last!r}")
+
+
+class Cluster:
+    """A handle on the session's control plane."""
+
+    def __init__(self, local: LocalCluster) -> None:
+        self.local = local
+        self.kubeconfig = local.kubeconfig
+        self.api = api_client(self.kubeconfig)
+        self.core = client.CoreV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+        self.ext = client.ApiextensionsV1Api(self.api)
+
+    def install_crds(self) -> None:
+        for path in sorted(CRDS.glob("*.yaml")):
+            body = yaml.safe_load(path.read_text())
+            try:
+                self.ext.create_custom_resource_definition(body)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                current = self.ext.read_custom_resource_definition(body["metadata"]["name"])
+                body["metadata"]["resourceVersion"] = current.metadata.resource_version
+                self.ext.replace_custom_resource_definition(body["metadata"]["name"], body)
+        for path in sorted(CRDS.glob("*.yaml")):
+            name = yaml.safe_load(path.read_text())["metadata"]["name"]
+            wait_for(lambda n=name: self._established(n), 30, what=f"CRD {name} Established")
+
+    def _established(self, name: str) -> bool:
+        crd = self.ext.read_custom_resource_definition(name)
+        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+
+    # --- custom objects ------------------------------------------------------------------
+    def create(self, plural: str, body: dict[str, Any], namespace: str = "") -> dict[str, Any]:
+        if namespace:
+            return dict(self.custom.create_namespaced_custom_object("wanka.io", "v1alpha1", namespace, plural, body))
+        return dict(self.custom.create_cluster_custom_object("wanka.io", "v1alpha1", plural, body))
+
+    def get(self, plural: str, name: str, namespace: str = "") -> dict[str, Any]:
+        if namespace:
+            return dict(self.custom.get_namespaced_custom_object("wanka.io", "v1alpha1", namespace, plural, name))
+        return dict(self.custom.get_cluster_custom_object("wanka.io", "v1alpha1", plural, name))
+
+    def delete(self, plural: str, name: str, namespace: str = "") -> None:
+        try:
+            if namespace:
+                self.custom.delete_namespaced_custom_object("wanka.io", "v1alpha1", namespace, plural, name)
+            else:
+                self.custom.delete_cluster_custom_object("wanka.io", "v1alpha1", plural, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def events_for(self, name: str, namespace: str = "default") -> list[Any]:
+        evs = self.core.list_namespaced_event(namespace).items
+        return [e for e in evs if e.involved_object.name == name]
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    state = Path(tempfile.mkdtemp(prefix="wanka-it-"))
+    local = LocalCluster(state)
+    try:
+        local.up()
+    except ClusterStartError as exc:
+        # ERROR, never skip: the message carries the failing component's log tail.
+        pytest.fail(f"the local control plane did not start: {exc}", pytrace=False)
+    handle = Cluster(local)
+    try:
+        handle.install_crds()
+        yield handle
+    finally:
+        local.down()
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.core.create_namespace({"metadata": {"name": name}})
+    # The ServiceAccount admission plugin refuses pods until the controller-manager made "default".
+    wait_for(lambda: _has_sa(cluster, name), 30, what=f"default ServiceAccount in {name}")
+    yield name
+    cluster.core.delete_namespace(name)
+
+
+def _has_sa(cluster: Cluster, ns: str) -> bool:
+    try:
+        cluster.core.read_namespaced_service_account("default", ns)
+    except ApiException:
+        return False
+    return True
+
+
+class OperatorProcess:
+    """`wanka run` as a child process against the session cluster."""
+
+    def __init__(self, cluster: Cluster, log_dir: Path) -> None:
+        self.cluster = cluster
+        self.log_path = log_dir / f"operator-{uuid.uuid4().hex[:6]}.log"
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO / "operator"), PYTHONUNBUFFERED="1")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "wanka.cli", "run", "--kubeconfig", str(self.cluster.kubeconfig),
+                 "--metrics-port", str(self.metrics_port), "--metrics-addr", "127.0.0.1",
+                 "--health-port", str(self.health_port), "--health-addr", "127.0.0.1"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
+        wait_for(self._healthy, 30, what="operator liveness endpoint")
+
+    def _healthy(self) -> bool:
+        import urllib.request
+
+        if self.proc and self.proc.poll() is not None:
+            raise AssertionError(f"operator exited {self.proc.returncode}:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as r:  # noqa: S310
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:  # noqa: S310
+            return str(r.read().decode())
+
+    def kill(self) -> None:
+        """SIGKILL: an operator crash at whatever line it was on."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return bool(self.proc and self.proc.poll() is None)
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"))
+    proc.start()
+    yield proc
+    alive = proc.alive()
+    proc.stop()
+    assert alive, f"the operator died during the tests:\n{proc.log_tail()}"
