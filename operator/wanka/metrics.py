@@ -23,6 +23,16 @@ RECONCILE_SECONDS = Histogram(
     ["controller"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+HEALTH_TRANSITIONS = Counter(
+    "wanka_health_transitions_total", "Node health state transitions, by pool and new state",
+    ["pool", "state"],
+)
+SIGNAL_TO_TAINT = Histogram(
+    "wanka_health_signal_to_taint_seconds",
+    "From a node condition turning bad to Wanka's taint on the node",
+    ["pool"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
 
 
 class PoolCollector(Collector):

@@ -79,7 +79,7 @@ def test_pool_follows_node_health_and_membership(cluster: Cluster, operator: Ope
     tag = uuid.uuid4().hex[:6]
     names = create_nodes(cluster.api, 4, 8, "A100-80GB", 1, prefix=f"h{tag}",
                          labels={"wanka.io/pool": tag})
-    pool = make_pool(cluster, tag)
+    pool = make_pool(cluster, tag, health={"recoveryStableSeconds": 1})
     wait_for(lambda: (pool_status(cluster, pool).get("nodes") or {}).get("healthy") == 4, 15,
              what="4 healthy nodes")
 

@@ -661,3 +661,24 @@ def test_any_history_is_idempotent_and_consistent(moves: list[tuple[int, int]]) 
             i for i, d in got.record.devices.items() if d.state != "Healthy"
         }
         record = got.record
+
+
+def test_stable_window_is_never_shorter_than_the_policy_with_fractional_clocks() -> None:
+    from wanka.core.health import (
+        HealthPolicy,
+        NodeCondition,
+        NodeObservation,
+        step,
+    )
+
+    policy = HealthPolicy.from_spec({"recoveryStableSeconds": 4})
+    sick = NodeObservation(conditions=(NodeCondition("GPUHealthy", "False", "Ecc", ""),))
+    well = NodeObservation(conditions=(NodeCondition("GPUHealthy", "True", "Ok", ""),))
+    rec = step(None, sick, policy, 100.2).record
+    rec = step(rec, well, policy, 110.7).record  # cleared at 110.7
+    assert rec.state == "Recovering"
+    # Never healthy before 4s after the clearing observation (110.7 + 4 = 114.7) ...
+    for t in (111.0, 113.5, 114.6, 114.69):
+        assert step(rec, well, policy, t).record.state == "Recovering", t
+    # ... and at most a second later than that.
+    assert step(rec, well, policy, 115.0).record.state == "Healthy"

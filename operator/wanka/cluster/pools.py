@@ -15,6 +15,7 @@ from wanka.api.gpupool import GPUCounts, GPUPoolSpec, GPUPoolStatus, ModelCount,
 from wanka.cluster.cache import FleetCache
 from wanka.cluster.translate import PoolView, build_pool_snapshot
 from wanka.core.accounting import PoolSummary, summarize
+from wanka.core.health import PoolCondition
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,12 @@ def status_from_summary(
     generation: int | None,
     conflicts: list[str],
     now: datetime,
+    guard: PoolCondition | None = None,
 ) -> GPUPoolStatus:
     conditions: list[Condition] = list(previous.conditions) if previous else []
+    if guard is not None:
+        set_condition(conditions, guard.type, guard.status, guard.reason, guard.message,
+                      generation, now)
     if summary.nodes_total:
         set_condition(conditions, "Ready", "True", "NodesSelected",
                       f"{summary.nodes_total} nodes, {summary.gpus_total} GPUs", generation, now)
@@ -97,6 +102,7 @@ class PoolReconciler:
     events: Recorder
     clock: Callable[[], datetime] = now_utc
     on_summary: Callable[[str, PoolSummary], None] | None = None
+    guard: Mapping[str, PoolCondition] = field(default_factory=dict)
     _last: dict[str, dict[str, Any]] = field(default_factory=dict)
     _invalid: dict[str, str] = field(default_factory=dict)
 
@@ -145,7 +151,8 @@ class PoolReconciler:
         summary = summarize(view.snapshot)
         if self.on_summary:
             self.on_summary(name, summary)
-        status = status_from_summary(summary, previous, generation, view.conflicts, now)
+        status = status_from_summary(summary, previous, generation, view.conflicts, now,
+                                     self.guard.get(name))
         self._announce(pool, previous, status)
         self._write(pool, name, status)
 
@@ -176,10 +183,12 @@ class PoolReconciler:
 
     def _write(self, pool: Mapping[str, Any], name: str, status: GPUPoolStatus) -> None:
         wire = status.wire()
-        if self._last.get(name) == wire:
-            return
         if (pool.get("status") or {}) == wire:
-            self._last[name] = wire
+            return
+        version = (pool.get("metadata") or {}).get("resourceVersion")
+        # Already sent against this very version: wait for the watch to bring our write back
+        # rather than patching the same thing again. Anyone else's write changes the version.
+        if self._last.get(name) == {"version": version, "status": wire}:
             return
         if self.writer.patch_status("gpupools", "", name, wire):
-            self._last[name] = wire
+            self._last[name] = {"version": version, "status": wire}

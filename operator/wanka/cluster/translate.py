@@ -12,7 +12,8 @@ from typing import Any
 from kubernetes.utils import parse_quantity
 
 from wanka.api.gpupool import GPUPoolSpec
-from wanka.core.snapshot import WHOLE, Allocation, Device, DeviceShare, Node, OverAllocation, Snapshot
+from wanka.core.health import HealthRecord
+from wanka.core.snapshot import WHOLE, HealthState, Allocation, Device, DeviceShare, Node, OverAllocation, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -128,18 +129,23 @@ def build_node(node: Mapping[str, Any], spec: GPUPoolSpec, levels: tuple[str, ..
     model = spec.accelerator.model or lab.get(GPU_MODEL_LABEL, "")
     memory_mib = (spec.accelerator.memory_gi_b or 0) * 1024
     device_health = _json_annotation(node, GPU_HEALTH_ANNOTATION)
+    raw_record = annotations(node).get(HEALTH_ANNOTATION)
+    record = HealthRecord.from_json(raw_record)
+    # A device is out while the agent calls it sick or the operator's record has not yet
+    # seen it stable (Recovering) or a person has not cleared it (Quarantined).
+    out = {i for i, d in record.devices.items() if d.state != "Healthy"}
     devices = [
         Device(
             index=i,
             model=model,
             memory_mib=memory_mib,
-            healthy=bool((device_health.get(str(i)) or {}).get("healthy", True)),
+            healthy=bool((device_health.get(str(i)) or {}).get("healthy", True)) and i not in out,
         )
         for i in range(count)
     ]
-    record = _json_annotation(node, HEALTH_ANNOTATION)
-    state = record.get("state")
-    if state not in ("Healthy", "Sick", "Recovering", "Quarantined"):
+    state: HealthState = record.state
+    if not raw_record:
+        # The operator has not judged this node yet: its own conditions decide.
         state = "Sick" if sick_conditions(node, spec) else "Healthy"
     schedulable = (
         node_ready(node)

@@ -14,6 +14,7 @@ from prometheus_client import start_http_server
 
 from wanka.api.common import GROUP, VERSION
 from wanka.cluster.cache import FleetCache
+from wanka.cluster.health import ApiNodePatcher, HealthReconciler
 from wanka.cluster.kube import api_client, connection_settings
 from wanka.cluster.pools import PoolReconciler
 from wanka.cluster.writer import EventRecorder, StatusWriter
@@ -22,6 +23,7 @@ from wanka.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, register_pool_col
 
 log = logging.getLogger("wanka")
 DEBOUNCE_SECONDS = 0.05
+HEALTH_PERIOD_SECONDS = 1.0
 
 
 @dataclass
@@ -51,10 +53,14 @@ kopf.on.event(GROUP, VERSION, "trainingjobs")(_feed("trainingjobs"))
 kopf.on.event(GROUP, VERSION, "tenantqueues")(_feed("tenantqueues"))
 
 
-async def _loop(name: str, wake: asyncio.Event, step: Any) -> None:
-    """Run `step` (synchronous, it talks to the API) whenever the cache changes."""
+async def _loop(name: str, wake: asyncio.Event, step: Any, period: float | None = None) -> None:
+    """Run `step` (synchronous, it talks to the API) whenever the cache changes, and at least
+    every `period` seconds (time alone moves health records from Recovering to Healthy)."""
     while True:
-        await wake.wait()
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=period)
+        except TimeoutError:
+            pass
         await asyncio.sleep(DEBOUNCE_SECONDS)  # coalesce bursts of watch events
         wake.clear()
         with RECONCILE_SECONDS.labels(name).time():
@@ -91,15 +97,23 @@ async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     api = api_client(os.environ.get("KUBECONFIG"))
+    events = EventRecorder(api)
+    health = HealthReconciler(RUNTIME.cache, ApiNodePatcher(api), events)
     pools = PoolReconciler(
         RUNTIME.cache,
         StatusWriter(api),
-        EventRecorder(api),
+        events,
         on_summary=RUNTIME.summaries.__setitem__,
+        guard=health.guard_conditions,
     )
-    RUNTIME.tasks.append(
-        asyncio.create_task(_loop("gpupool", RUNTIME.cache.subscribe(), pools.reconcile_all))
-    )
+
+    def fleet_pass() -> None:
+        # Health first: the pool status then reports the taints and records just written.
+        health.reconcile_all()
+        pools.reconcile_all()
+
+    RUNTIME.tasks.append(asyncio.create_task(
+        _loop("fleet", RUNTIME.cache.subscribe(), fleet_pass, period=HEALTH_PERIOD_SECONDS)))
 
 
 @kopf.on.cleanup()

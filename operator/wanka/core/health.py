@@ -294,7 +294,7 @@ def step(
     for index in sorted(set(prev.devices) | set(faults)):
         devices_prev = prev.devices.get(index, DeviceRecord())
         fault = faults.get(index)
-        rec = _advance_device(index, devices_prev, fault, clear_time, policy, t, events)
+        rec = _advance_device(index, devices_prev, fault, clear_time, policy, now, events)
         if rec.state != HEALTHY or rec.flaps:
             devices[index] = rec
 
@@ -343,7 +343,9 @@ def step(
     else:
         fatal = False
         if state == SICK:
-            state, since = RECOVERING, t
+            # Records keep whole seconds: start the window at the next one and compare with
+            # the real clock, so the stable window is never shorter than the policy says.
+            state, since = RECOVERING, math.ceil(now)
             events.append(
                 _event(
                     "Normal",
@@ -352,7 +354,7 @@ def step(
                     f"{policy.recovery_stable_seconds}s",
                 )
             )
-        if state == RECOVERING and t - since >= policy.recovery_stable_seconds:
+        if state == RECOVERING and now - since >= policy.recovery_stable_seconds:
             state, since = HEALTHY, t
             events.append(
                 _event(
@@ -387,10 +389,11 @@ def _advance_device(
     fault: DeviceFault | None,
     clear_time: int | None,
     policy: HealthPolicy,
-    t: int,
+    now: float,
     events: list[HealthEvent],
 ) -> DeviceRecord:
     """The node's state machine applied to one device (no taint: the device is excluded)."""
+    t = math.floor(now)
     flaps = _prune(prev.flaps, t, policy)
     label = f"device {index}"
     if clear_time is not None and prev.state == QUARANTINE and prev.since <= clear_time:
@@ -422,7 +425,7 @@ def _advance_device(
         return DeviceRecord(SICK, t, fault.reason, flaps)
     state, since = prev.state, prev.since
     if state == SICK:
-        state, since = RECOVERING, t
+        state, since = RECOVERING, math.ceil(now)
         events.append(
             _event(
                 "Normal",
@@ -431,7 +434,7 @@ def _advance_device(
                 f"{policy.recovery_stable_seconds}s",
             )
         )
-    if state == RECOVERING and t - since >= policy.recovery_stable_seconds:
+    if state == RECOVERING and now - since >= policy.recovery_stable_seconds:
         events.append(_event("Normal", "DeviceRecovered", f"{label}: back in service"))
         return DeviceRecord(HEALTHY, t, "", flaps)
     return DeviceRecord(state, since, prev.reason, flaps)

@@ -1,0 +1,169 @@
+"""Applies the health core's decisions to Nodes: the record annotation, the taint, Events.
+
+Every pass recomputes each node's decision from what the Node says now plus the record it
+carries, so an operator restart or a retried pass decides the same thing again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from wanka.cluster.cache import FleetCache
+from wanka.cluster.pools import parse_spec
+from wanka.cluster.translate import labels
+from wanka.core.health import (
+    HEALTH_ANNOTATION,
+    TAINT_KEY,
+    GuardInput,
+    HealthDecision,
+    HealthPolicy,
+    PoolCondition,
+    Taint,
+    current_taint,
+    guard_pool,
+    observe_node,
+    parse_time,
+    read_record,
+    step,
+)
+from wanka.metrics import HEALTH_TRANSITIONS, SIGNAL_TO_TAINT
+
+log = logging.getLogger(__name__)
+
+
+class Recorder(Protocol):
+    def record(self, obj: Mapping[str, Any], type_: Any, reason: str, message: str) -> None: ...
+
+
+class NodePatcher(Protocol):
+    def patch_node(self, name: str, body: Mapping[str, Any]) -> None: ...
+
+
+class ApiNodePatcher:
+    """Patches Nodes; the resourceVersion in the body makes it fail on a stale view (409).
+
+    A strategic merge patch replaces `spec.taints` whole (the list has no merge key), which
+    is why the view must be fresh.
+    """
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api)
+
+    def patch_node(self, name: str, body: Mapping[str, Any]) -> None:
+        self.core.patch_node(name, dict(body))
+
+
+def desired_taints(node: Mapping[str, Any], taint: Taint | None) -> list[dict[str, Any]]:
+    """The node's taints with ours replaced by `taint` (or removed)."""
+    others = [t for t in (node.get("spec") or {}).get("taints") or [] if t.get("key") != TAINT_KEY]
+    if taint is None:
+        return others
+    return [*others, {"key": TAINT_KEY, "value": taint.value, "effect": taint.effect}]
+
+
+def signal_time(node: Mapping[str, Any], decision: HealthDecision) -> float | None:
+    """When the condition that made the node sick changed, for signal-to-taint latency."""
+    newest = None
+    for cond in (node.get("status") or {}).get("conditions") or []:
+        bad = (cond.get("type") == "Ready" and cond.get("status") != "True") or (
+            cond.get("type") != "Ready" and cond.get("status") in ("True", "False")
+            and decision.record.reason and decision.record.reason in (cond.get("reason") or "",
+                                                                      cond.get("type"))
+        )
+        if bad:
+            t = parse_time(cond.get("lastTransitionTime"))
+            if t is not None and (newest is None or t > newest):
+                newest = t
+    return newest
+
+
+@dataclass
+class HealthReconciler:
+    """One pass over every pool's nodes: decide, guard, then write what changed."""
+
+    cache: FleetCache
+    nodes: NodePatcher
+    events: Recorder
+    clock: Callable[[], float] = time.time
+    guard_conditions: dict[str, PoolCondition] = field(default_factory=dict)
+
+    def reconcile_all(self) -> None:
+        seen: set[str] = set()
+        all_nodes = self.cache.store("nodes").values()
+        for pool in sorted(self.cache.store("gpupools").values(), key=lambda p: p["metadata"]["name"]):
+            name = pool["metadata"]["name"]
+            try:
+                spec = parse_spec(pool)
+            except ValidationError:
+                continue
+            members = [n for n in all_nodes if spec.node_selector.matches(dict(labels(n)))
+                       and n["metadata"]["name"] not in seen]
+            seen.update(n["metadata"]["name"] for n in members)
+            policy = HealthPolicy.from_spec(spec.health.model_dump(by_alias=True))
+            self.reconcile_pool(pool, name, policy, members)
+
+    def reconcile_pool(
+        self, pool: Mapping[str, Any], name: str, policy: HealthPolicy, nodes: list[dict[str, Any]]
+    ) -> None:
+        now = self.clock()
+        decisions = {n["metadata"]["name"]: step(read_record(n), observe_node(n), policy, now)
+                     for n in nodes}
+        verdict = guard_pool(
+            [GuardInput(name=n, tainted=current_taint(node) is not None,
+                        wants_taint=decisions[n].taint is not None,
+                        reason=decisions[n].record.reason or "")
+             for n, node in ((x["metadata"]["name"], x) for x in nodes)],
+            policy.max_unhealthy_percent,
+        )
+        previous = self.guard_conditions.get(name)
+        self.guard_conditions[name] = verdict.condition
+        if verdict.tripped and (previous is None or previous.status != "True"):
+            self.events.record(pool, "Warning", "HealthGuardTripped", verdict.condition.message)
+        elif not verdict.tripped and previous is not None and previous.status == "True":
+            self.events.record(pool, "Normal", "HealthGuardReleased", verdict.condition.message)
+        for node in nodes:
+            node_name = node["metadata"]["name"]
+            try:
+                self._apply(pool, name, node, decisions[node_name], node_name in verdict.held, now)
+            except ApiException as exc:
+                if exc.status not in (404, 409):
+                    raise
+                # A stale view (409) or a vanished node: the watch brings news, the next pass retries.
+
+    def _apply(
+        self, pool: Mapping[str, Any], pool_name: str, node: Mapping[str, Any],
+        decision: HealthDecision, held: bool, now: float,
+    ) -> None:
+        meta = node.get("metadata") or {}
+        old_record = (meta.get("annotations") or {}).get(HEALTH_ANNOTATION)
+        new_record = decision.record.to_json()
+        had = current_taint(node)
+        # The guard holds back NEW taints only; a taint already there stays until recovery.
+        want = decision.taint if not (held and had is None) else None
+        taints = desired_taints(node, want)
+        body: dict[str, Any] = {"metadata": {"resourceVersion": meta.get("resourceVersion")}}
+        if old_record != new_record:
+            body["metadata"]["annotations"] = {HEALTH_ANNOTATION: new_record}
+        if taints != ((node.get("spec") or {}).get("taints") or []):
+            body["spec"] = {"taints": taints}
+        if len(body) == 1 and "annotations" not in body["metadata"]:
+            return
+        self.nodes.patch_node(meta["name"], body)
+        old_state = read_record(node).state
+        if old_state != decision.state:
+            HEALTH_TRANSITIONS.labels(pool_name, decision.state).inc()
+        if want is not None and had is None:
+            signalled = signal_time(node, decision)
+            if signalled is not None:
+                SIGNAL_TO_TAINT.labels(pool_name).observe(max(0.0, now - signalled))
+        for event in decision.events:
+            self.events.record({**node, "apiVersion": "v1", "kind": "Node"}, event.type,
+                               event.reason, event.message)
