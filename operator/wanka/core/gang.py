@@ -1,0 +1,529 @@
+"""All-or-nothing gang placement on a fleet snapshot, topology-aware and packing-aware.
+
+One scan of the fleet computes, per eligible node, how many replicas of the gang fit there
+(`k`). Per-domain sums of `k` at each topology level then answer "does the gang fit inside
+one NVLink domain / rack / spine?" without per-replica scans. The chosen nodes are
+allocated member by member inside a transaction (Volcano's Statement): committed only when
+every member applied, rolled back otherwise, so a gang is never half placed.
+
+Selection order, as DESIGN.md asks:
+1. the lowest topology level at which ONE domain holds the whole gang (best-fit: the domain
+   with the least room that still fits, so bigger domains stay whole for bigger gangs);
+2. Required topology stops at its level; Preferred falls back to spanning as few top-level
+   domains as possible (largest first, the last one best-fit), recursively below;
+3. inside a domain, nodes already partly used first (best-fit), so whole nodes stay whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from wanka.core.requests import GangRequest
+from wanka.core.snapshot import WHOLE, Allocation, DeviceShare, Node, OverAllocation, Snapshot
+
+
+class Writer(Protocol):
+    """Where tentative allocations go: a `Snapshot` or an outer `Transaction`."""
+
+    def apply(self, alloc: Allocation) -> None: ...
+
+    def release(self, owner: str, member: str | None = None) -> list[Allocation]: ...
+
+
+class SlicePolicy(Protocol):
+    """Chooses the device for one fractional replica on a chosen node (see core/slicing.py)."""
+
+    def choose_device(
+        self, node: Node, milli: int, memory_mib: int, excluded: frozenset[int]
+    ) -> int | None: ...
+
+
+class BestFitSlices:
+    """Default slice policy: the device left with the least free milli, shared devices first.
+
+    Keeps idle devices idle (they are what whole-GPU work needs) and never takes an idle
+    device that an opaque pod may be holding.
+    """
+
+    def choose_device(
+        self, node: Node, milli: int, memory_mib: int, excluded: frozenset[int]
+    ) -> int | None:
+        idle_spare = sum(1 for d in node.devices if d.healthy and d.idle) - node.opaque_gpus
+        best: tuple[int, int, int] | None = None
+        for dev in node.devices:
+            if not dev.healthy or dev.index in excluded or dev.free_milli < milli:
+                continue
+            if memory_mib and dev.memory_mib and dev.free_memory_mib < memory_mib:
+                continue
+            if dev.idle and idle_spare <= 0:
+                continue
+            key = (dev.free_milli - milli, 1 if dev.idle else 0, dev.index)
+            if best is None or key < best:
+                best = key
+        return None if best is None else best[2]
+
+
+BEST_FIT_SLICES = BestFitSlices()
+
+
+@dataclass(frozen=True, slots=True)
+class GangPlacement:
+    """Where every member of a gang went."""
+
+    owner: str
+    allocations: tuple[Allocation, ...]
+    level: str  # label key of the smallest single domain holding the gang; "" if it spans
+    domains: tuple[str, ...]  # the domains spanned at the pool's top level (or `level`)
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return tuple(sorted({a.node for a in self.allocations}))
+
+
+@dataclass(frozen=True, slots=True)
+class GangResult:
+    """A placement, or a reason a person can act on."""
+
+    placement: GangPlacement | None
+    reason: str = ""
+    fit: int = 0  # most replicas that fit under the constraints (for messages and backfill)
+
+    @property
+    def ok(self) -> bool:
+        return self.placement is not None
+
+
+# A candidate node: (k replicas fit, packing key, name, topology path, node).
+_Cand = tuple[int, int, str, tuple[str, ...], Node]
+
+
+@dataclass(slots=True)
+class _Skips:
+    unschedulable: int = 0
+    excluded: int = 0
+    model: int = 0
+    cpu_memory: int = 0
+    gpu: int = 0
+
+    def describe(self) -> str:
+        parts = [
+            f"{n} {what}"
+            for n, what in (
+                (self.unschedulable, "unschedulable"),
+                (self.excluded, "excluded"),
+                (self.model, "other model"),
+                (self.cpu_memory, "short of CPU/memory"),
+                (self.gpu, "short of GPU"),
+            )
+            if n
+        ]
+        return "nodes skipped: " + ", ".join(parts) if parts else "no nodes in the pool"
+
+
+def _candidates(snapshot: Snapshot, req: GangRequest) -> tuple[list[_Cand], _Skips]:
+    """One pass over the fleet: how many replicas fit on each eligible node.
+
+    This is the only per-node loop of a decision, so it avoids helper calls on purpose.
+    """
+    skips = _Skips()
+    cands: list[_Cand] = []
+    models = req.models
+    ex_nodes = req.excluded_nodes
+    ex_devs: dict[str, set[int]] = {}
+    for node_name, idx in req.excluded_devices:
+        ex_devs.setdefault(node_name, set()).add(idx)
+    g = req.whole_gpus
+    share = req.share_milli
+    share_mem = req.share_memory_mib
+    cpu = req.cpu_milli
+    mem = req.memory_mib
+    depth = len(snapshot.levels)
+    for node in snapshot.nodes.values():
+        if not node.schedulable:
+            skips.unschedulable += 1
+            continue
+        if node.name in ex_nodes:
+            skips.excluded += 1
+            continue
+        devices = node.devices
+        if (g or share) and models and (not devices or devices[0].model not in models):
+            skips.model += 1
+            continue
+        if len(devices) < g:
+            skips.gpu += 1
+            continue
+        k = 1 << 30
+        if cpu:
+            k = (node.cpu_milli - node.used_cpu_milli) // cpu
+        if mem:
+            m = (node.memory_mib - node.used_memory_mib) // mem
+            if m < k:
+                k = m
+        if k <= 0:
+            skips.cpu_memory += 1
+            continue
+        bad = ex_devs.get(node.name)
+        if g:
+            idle_all = 0
+            idle_ok = 0
+            for d in devices:
+                if d.used_milli == 0 and d.shares == 0 and d.healthy:
+                    idle_all += 1
+                    if bad is None or d.index not in bad:
+                        idle_ok += 1
+            free = idle_all - node.opaque_gpus
+            if idle_ok < free:
+                free = idle_ok
+            if free // g < k:
+                k = free // g
+            pack = free
+        elif share:
+            idle_spare = -node.opaque_gpus
+            fits = 0
+            idle_fits = -1
+            pack = 0
+            for d in devices:
+                if not d.healthy or (bad is not None and d.index in bad):
+                    continue
+                n = (WHOLE - d.used_milli) // share
+                if share_mem and d.memory_mib:
+                    n = min(n, (d.memory_mib - d.used_memory_mib) // share_mem)
+                if d.used_milli == 0 and d.shares == 0:
+                    idle_spare += 1
+                    # which idle devices opaque pods hold is unknown: count the smallest
+                    idle_fits = n if idle_fits < 0 else min(idle_fits, n)
+                    pack += WHOLE
+                    continue
+                fits += n
+                pack += WHOLE - d.used_milli
+            # idle devices behind opaque pods are not ours to slice
+            if idle_spare > 0 and idle_fits > 0:
+                fits += idle_spare * idle_fits
+            k = min(k, fits)
+        else:
+            pack = node.cpu_milli - node.used_cpu_milli
+        if k <= 0:
+            skips.gpu += 1
+            continue
+        path = node.topology
+        if len(path) != depth or not all(path):
+            # a node without a label at a level is a domain of its own, never lumped
+            path = tuple(
+                path[i] if i < len(path) and path[i] else "\0" + node.name for i in range(depth)
+            )
+        cands.append((k, pack, node.name, path, node))
+    return cands, skips
+
+
+def _aggregate(cands: Sequence[_Cand], level: int) -> dict[str, int]:
+    agg: dict[str, int] = {}
+    for c in cands:
+        dom = c[3][level]
+        agg[dom] = agg.get(dom, 0) + c[0]
+    return agg
+
+
+def _best_fit(agg: dict[str, int], target: int) -> str | None:
+    best: tuple[int, str] | None = None
+    for dom, cap in agg.items():
+        if cap >= target and (best is None or (cap, dom) < best):
+            best = (cap, dom)
+    return None if best is None else best[1]
+
+
+def _fill_nodes(cands: Sequence[_Cand], target: int) -> list[tuple[_Cand, int]]:
+    """Best-fit on nodes: least free first, so untouched nodes stay whole."""
+    out: list[tuple[_Cand, int]] = []
+    left = target
+    for cand in sorted(cands, key=lambda c: (c[1], c[2])):
+        if left <= 0:
+            break
+        take = min(cand[0], left)
+        out.append((cand, take))
+        left -= take
+    return out
+
+
+def _span(cands: Sequence[_Cand], target: int, top: int) -> list[tuple[_Cand, int]]:
+    """Place `target` replicas in as few domains of level `top` as possible, recursively."""
+    if top < 0:
+        return _fill_nodes(cands, target)
+    single = _single(cands, target, top)
+    if single is not None:
+        return single
+    agg = _aggregate(cands, top)
+    chosen: list[tuple[str, int]] = []
+    left = target
+    remaining = dict(agg)
+    while left > 0 and remaining:
+        # the last domain needed is the best-fit one; before that, the largest
+        dom = _best_fit(remaining, left)
+        if dom is None:
+            dom = min(remaining, key=lambda d: (-remaining[d], d))
+        take = min(remaining.pop(dom), left)
+        chosen.append((dom, take))
+        left -= take
+    out: list[tuple[_Cand, int]] = []
+    for dom, take in chosen:
+        inside = [c for c in cands if c[3][top] == dom]
+        out.extend(_span(inside, take, top - 1))
+    return out
+
+
+def _single(cands: Sequence[_Cand], target: int, top: int) -> list[tuple[_Cand, int]] | None:
+    """Fit `target` replicas inside ONE domain at the lowest level <= `top` that allows it."""
+    for level in range(top + 1):
+        dom = _best_fit(_aggregate(cands, level), target)
+        if dom is not None:
+            inside = [c for c in cands if c[3][level] == dom]
+            return _span(inside, target, level - 1)
+    return None
+
+
+def _short(level_key: str) -> str:
+    return level_key.rsplit("/", 1)[-1] or "domain"
+
+
+def _unplaceable(
+    snapshot: Snapshot, req: GangRequest, cands: Sequence[_Cand], skips: _Skips, level: int
+) -> GangResult:
+    """Explain why a gang does not fit, with the number that is missing."""
+    models = "/".join(sorted(req.models)) if req.models else ""
+    if req.whole_gpus:
+        what = f"{req.whole_gpus} free {models + ' ' if models else ''}GPU"
+    elif req.share_milli:
+        what = f"{req.share_milli}m of one {models + ' ' if models else ''}GPU"
+    else:
+        what = "CPU/memory"
+    total = sum(c[0] for c in cands)
+    if level >= 0 and total >= req.needed:
+        key = snapshot.levels[level]
+        agg = _aggregate(cands, level)
+        best_dom, best = max(agg.items(), key=lambda kv: (kv[1], kv[0]))
+        return GangResult(
+            None,
+            f"needs {req.needed} replicas with {what} each in one {key}; "
+            f"the best {_short(key)} ({best_dom.lstrip(chr(0))}) has room for {best}",
+            best,
+        )
+    return GangResult(
+        None,
+        f"needs {req.needed} replicas with {what} each; the pool has room for {total} "
+        f"({skips.describe()})",
+        total,
+    )
+
+
+def _allocate(
+    writer: Writer,
+    req: GangRequest,
+    chosen: Sequence[tuple[_Cand, int]],
+    policy: SlicePolicy,
+    done: list[Allocation],
+) -> str | None:
+    """Apply one allocation per member through `writer`; a reason when one does not fit."""
+    ex_devs: dict[str, set[int]] = {}
+    for node_name, idx in req.excluded_devices:
+        ex_devs.setdefault(node_name, set()).add(idx)
+    member = 0
+    g = req.whole_gpus
+    for (_, _, _, _, node), count in chosen:
+        bad = ex_devs.get(node.name, set())
+        if g:
+            free = [
+                d.index
+                for d in node.devices
+                if d.healthy and d.used_milli == 0 and d.shares == 0 and d.index not in bad
+            ]
+            for r in range(count):
+                picks = free[r * g : (r + 1) * g]
+                if len(picks) < g:
+                    return f"{node.name} ran out of idle devices for {req.owner}"
+                alloc = Allocation(
+                    owner=req.owner,
+                    member=str(member),
+                    node=node.name,
+                    cpu_milli=req.cpu_milli,
+                    memory_mib=req.memory_mib,
+                    devices=tuple(DeviceShare(i) for i in picks),
+                )
+                writer.apply(alloc)
+                done.append(alloc)
+                member += 1
+        else:
+            frozen_bad = frozenset(bad)
+            for _ in range(count):
+                shares: tuple[DeviceShare, ...] = ()
+                if req.share_milli:
+                    pick = policy.choose_device(
+                        node, req.share_milli, req.share_memory_mib, frozen_bad
+                    )
+                    if pick is None:
+                        return f"slice policy found no device for {req.owner} on {node.name}"
+                    shares = (DeviceShare(pick, req.share_milli, req.share_memory_mib),)
+                alloc = Allocation(
+                    owner=req.owner,
+                    member=str(member),
+                    node=node.name,
+                    cpu_milli=req.cpu_milli,
+                    memory_mib=req.memory_mib,
+                    devices=shares,
+                )
+                writer.apply(alloc)
+                done.append(alloc)
+                member += 1
+    return None
+
+
+def plan_gang(snapshot: Snapshot, req: GangRequest) -> tuple[list[tuple[Node, int]], str, int]:
+    """Which nodes get how many replicas (no writes): (choice, reason, replicas that fit).
+
+    An empty choice comes with the reason. Exposed for what-if callers such as backfill.
+    """
+    result = _choose(snapshot, req)
+    if isinstance(result, GangResult):
+        return [], result.reason, result.fit
+    chosen, _, _ = result
+    return [(c[4], n) for c, n in chosen], "", sum(n for _, n in chosen)
+
+
+def _choose(
+    snapshot: Snapshot, req: GangRequest
+) -> tuple[list[tuple[_Cand, int]], str, tuple[str, ...]] | GangResult:
+    """Pick nodes and replica counts for the gang, or explain why it does not fit.
+
+    All members of one gang get the same GPU model (mixed generations would make the
+    whole gang run at the speed of its slowest member), so each model is tried on its own
+    and the tightest fit wins.
+    """
+    cands, skips = _candidates(snapshot, req)
+    levels = len(snapshot.levels)
+    level = -1
+    if req.topology_level:
+        if req.topology_level not in snapshot.levels:
+            return GangResult(
+                None,
+                f"topology level {req.topology_level} is not one of the pool's levels "
+                f"({', '.join(snapshot.levels) or 'none'})",
+            )
+        level = snapshot.level_index(req.topology_level)
+    total = sum(c[0] for c in cands)
+    if total < req.needed:
+        return _unplaceable(snapshot, req, cands, skips, -1)
+    if req.replicas == 1:
+        # one member: every domain holds it whole, so only node best-fit is left to decide
+        one = min(cands, key=lambda c: (c[1], c[2]))
+        return [(one, 1)], snapshot.levels[0] if levels else "", one[3][:1]
+    groups: dict[str, list[_Cand]] = {}
+    if req.whole_gpus or req.share_milli:
+        for c in cands:
+            groups.setdefault(c[4].devices[0].model, []).append(c)
+    else:
+        groups[""] = cands
+    best: tuple[tuple[int, int, int, str], list[tuple[_Cand, int]]] | None = None
+    best_group: tuple[int, str] = (-1, "")
+    for model, group in sorted(groups.items()):
+        room = sum(c[0] for c in group)
+        best_group = max(best_group, (room, model))
+        if room < req.needed:
+            continue
+        chosen = _choose_in(group, req, min(req.replicas, room), level, levels)
+        if chosen is None:
+            continue
+        single, span = _spread(chosen, levels)
+        # lowest single-domain level first, then fewest domains, then most replicas placed
+        key = (single, span, -sum(n for _, n in chosen), model)
+        if best is None or key < best[0]:
+            best = (key, chosen)
+    if best is None:
+        if len(groups) > 1 and best_group[0] < req.needed:
+            return GangResult(
+                None,
+                f"needs {req.needed} replicas ({req.describe()}) on one GPU model; the best "
+                f"model ({best_group[1]}) has room for {best_group[0]} ({skips.describe()})",
+                best_group[0],
+            )
+        return _unplaceable(snapshot, req, cands, skips, level)
+    chosen = best[1]
+    single = best[0][0]
+    single_level = snapshot.levels[single] if single < levels else ""
+    span_level = single if single < levels else levels - 1
+    domains: tuple[str, ...] = ()
+    if levels:
+        domains = tuple(sorted({c[3][span_level] for c, _ in chosen}))
+    return chosen, single_level, domains
+
+
+def _spread(chosen: Sequence[tuple[_Cand, int]], levels: int) -> tuple[int, int]:
+    """(lowest level holding all of `chosen` in one domain, or `levels`; domains at the top)."""
+    for lvl in range(levels):
+        if len({c[3][lvl] for c, _ in chosen}) == 1:
+            return lvl, 1
+    top = len({c[3][levels - 1] for c, _ in chosen}) if levels else 1
+    return levels, top
+
+
+def _choose_in(
+    cands: list[_Cand], req: GangRequest, target: int, level: int, levels: int
+) -> list[tuple[_Cand, int]] | None:
+    required = req.topology_mode == "Required" and level >= 0
+    top = level if required else levels - 1
+    chosen = _single(cands, target, top)
+    if chosen is None and required and target > req.needed:
+        # an elastic gang may start smaller inside one domain rather than not at all
+        most = max(_aggregate(cands, level).values())
+        if most >= req.needed:
+            chosen = _single(cands, most, top)
+    if chosen is None and not required:
+        chosen = _span(cands, target, top)
+    return chosen
+
+
+def place_gang(
+    snapshot: Snapshot,
+    req: GangRequest,
+    *,
+    writer: Writer | None = None,
+    slice_policy: SlicePolicy = BEST_FIT_SLICES,
+    dry_run: bool = False,
+) -> GangResult:
+    """Place every member of `req` or none; commits into the snapshot unless `dry_run`.
+
+    With `writer` (an outer Transaction) the members are applied through it, so the caller's
+    own discard undoes them; on failure they are released again through the same writer.
+    """
+    if snapshot.allocations_of(req.owner):
+        return GangResult(None, f"{req.owner} already holds allocations")
+    result = _choose(snapshot, req)
+    if isinstance(result, GangResult):
+        return result
+    chosen, single_level, domains = result
+    done: list[Allocation] = []
+    if dry_run or writer is None:
+        with snapshot.transaction() as stmt:
+            reason = _safe_allocate(stmt, req, chosen, slice_policy, done)
+            if reason is None and not dry_run:
+                stmt.commit()
+    else:
+        reason = _safe_allocate(writer, req, chosen, slice_policy, done)
+        if reason is not None:
+            writer.release(req.owner)
+    if reason is not None:
+        return GangResult(None, reason)
+    placement = GangPlacement(req.owner, tuple(done), single_level, domains)
+    return GangResult(placement, "", len(done))
+
+
+def _safe_allocate(
+    writer: Writer,
+    req: GangRequest,
+    chosen: Sequence[tuple[_Cand, int]],
+    policy: SlicePolicy,
+    done: list[Allocation],
+) -> str | None:
+    try:
+        return _allocate(writer, req, chosen, policy, done)
+    except OverAllocation as err:
+        return f"member of {req.owner} did not fit after all: {err}"

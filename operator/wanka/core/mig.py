@@ -1,0 +1,307 @@
+"""MIG profiles and placement rules per GPU model as data, a geometry validator and a planner.
+
+Facts from NVIDIA's MIG user guide ("Supported MIG Profiles" and `nvidia-smi mig -lgipp`):
+a GPU of these models has 7 compute slices and 8 memory slices; a GPU instance profile
+occupies `memory_slices` consecutive memory slices starting at one of its allowed
+`placements`, and `max_count` instances of it fit at most. A geometry (the instances on
+one device) is valid when every start is allowed, no memory slices overlap, and compute
+slices and counts stay within limits. The planner repartitions only idle devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+
+COMPUTE_SLICES = 7
+MEMORY_SLICES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class MigProfile:
+    """One GPU instance profile of one model."""
+
+    name: str
+    compute_slices: int
+    memory_slices: int
+    memory_gib: int
+    placements: tuple[int, ...]  # allowed start memory slices
+    max_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class MigModel:
+    model: str
+    profiles: tuple[MigProfile, ...]
+
+    def profile(self, name: str) -> MigProfile | None:
+        for p in self.profiles:
+            if p.name == name:
+                return p
+        return None
+
+
+def _family(model: str, g1: int, g1x2: int, g3: int, g7: int) -> MigModel:
+    """The GA100/GH100 layout all four models share; only the memory sizes differ."""
+    return MigModel(
+        model,
+        (
+            MigProfile(f"1g.{g1}gb", 1, 1, g1, (0, 1, 2, 3, 4, 5, 6), 7),
+            MigProfile(f"1g.{g1x2}gb", 1, 2, g1x2, (0, 2, 4, 6), 4),
+            MigProfile(f"2g.{g1x2}gb", 2, 2, g1x2, (0, 2, 4), 3),
+            MigProfile(f"3g.{g3}gb", 3, 4, g3, (0, 4), 2),
+            MigProfile(f"4g.{g3}gb", 4, 4, g3, (0,), 1),
+            MigProfile(f"7g.{g7}gb", 7, 8, g7, (0,), 1),
+        ),
+    )
+
+
+MIG_MODELS: dict[str, MigModel] = {
+    m.model: m
+    for m in (
+        _family("A100-40GB", 5, 10, 20, 40),
+        _family("A100-80GB", 10, 20, 40, 80),
+        _family("H100-80GB", 10, 20, 40, 80),
+        _family("H200-141GB", 18, 35, 71, 141),
+    )
+}
+# Names the node label or NVML may use for the same parts.
+ALIASES = {
+    "A100-SXM4-40GB": "A100-40GB",
+    "A100-PCIE-40GB": "A100-40GB",
+    "A100-SXM4-80GB": "A100-80GB",
+    "A100-PCIE-80GB": "A100-80GB",
+    "H100-SXM5-80GB": "H100-80GB",
+    "H100-PCIE-80GB": "H100-80GB",
+    "H200-SXM5-141GB": "H200-141GB",
+    "H200-NVL-141GB": "H200-141GB",
+}
+
+
+def mig_model(model: str) -> MigModel | None:
+    """The MIG table of a GPU model (aliases accepted), or None when it has no MIG."""
+    return MIG_MODELS.get(ALIASES.get(model, model))
+
+
+@dataclass(frozen=True, slots=True)
+class MigInstance:
+    """One GPU instance on a device: a profile at a start memory slice."""
+
+    profile: str
+    start: int
+    in_use: bool = False
+
+
+Geometry = tuple[MigInstance, ...]
+
+
+def validate_geometry(model: str, geometry: Iterable[MigInstance]) -> list[str]:
+    """Every reason the geometry is invalid on `model`; an empty list means valid."""
+    table = mig_model(model)
+    if table is None:
+        return [f"{model} does not support MIG"]
+    errors: list[str] = []
+    used = [""] * MEMORY_SLICES
+    compute = 0
+    counts: dict[str, int] = {}
+    for inst in geometry:
+        prof = table.profile(inst.profile)
+        if prof is None:
+            names = ", ".join(p.name for p in table.profiles)
+            errors.append(f"{inst.profile} is not a {table.model} profile ({names})")
+            continue
+        if inst.start not in prof.placements:
+            errors.append(
+                f"{inst.profile} cannot start at memory slice {inst.start} "
+                f"(allowed: {', '.join(map(str, prof.placements))})"
+            )
+            continue
+        counts[prof.name] = counts.get(prof.name, 0) + 1
+        compute += prof.compute_slices
+        for s in range(inst.start, inst.start + prof.memory_slices):
+            if used[s]:
+                errors.append(f"{inst.profile}@{inst.start} overlaps {used[s]} at slice {s}")
+                break
+            used[s] = f"{inst.profile}@{inst.start}"
+    for name, n in sorted(counts.items()):
+        prof = table.profile(name)
+        if prof is not None and n > prof.max_count:
+            errors.append(f"{n} x {name} exceeds the maximum of {prof.max_count}")
+    if compute > COMPUTE_SLICES:
+        errors.append(f"{compute} compute slices exceed the {COMPUTE_SLICES} available")
+    return errors
+
+
+@cache
+def maximal_geometries(model: str) -> tuple[Geometry, ...]:
+    """Every valid geometry of `model` to which no further instance can be added."""
+    table = mig_model(model)
+    if table is None:
+        return ()
+    slots = [(p, s) for p in table.profiles for s in p.placements]
+    found: set[Geometry] = set()
+
+    def extend(i: int, chosen: list[MigInstance]) -> None:
+        # add (profile, start) options in a fixed order so each set is built once
+        grew = False
+        for j in range(i, len(slots)):
+            p, s = slots[j]
+            candidate = [*chosen, MigInstance(p.name, s)]
+            if not validate_geometry(table.model, candidate):
+                grew = True
+                extend(j + 1, candidate)
+        if not grew:
+            geo = tuple(sorted(chosen, key=lambda x: (x.start, x.profile)))
+            if geo and not any(
+                not validate_geometry(table.model, [*geo, MigInstance(p.name, s)]) for p, s in slots
+            ):
+                found.add(geo)
+
+    extend(0, [])
+    return tuple(sorted(found, key=lambda g: [(x.start, x.profile) for x in g]))
+
+
+@dataclass(frozen=True, slots=True)
+class MigDevice:
+    """A MIG-capable device as the planner sees it."""
+
+    node: str
+    index: int
+    model: str
+    geometry: Geometry = ()
+    healthy: bool = True
+
+    @property
+    def busy(self) -> bool:
+        return any(i.in_use for i in self.geometry)
+
+
+@dataclass(frozen=True, slots=True)
+class MigChange:
+    """Repartition one idle device from `old` to `new`."""
+
+    node: str
+    index: int
+    model: str
+    old: Geometry
+    new: Geometry
+
+
+@dataclass(frozen=True, slots=True)
+class MigPlan:
+    """New geometries, what they serve, and why any demand is left unserved."""
+
+    changes: tuple[MigChange, ...]
+    from_existing: Mapping[str, int]  # demand served by free instances already there
+    from_changes: Mapping[str, int]  # demand served by the new geometries
+    unserved: Mapping[str, int]
+    reasons: tuple[str, ...]
+
+
+def _remainder_value(geo: Geometry, used: Mapping[int, bool]) -> int:
+    """How useful the instances left over are: bigger free instances are worth more."""
+    total = 0
+    for inst in geo:
+        if not used.get(inst.start):
+            slices = int(inst.profile.split("g.", 1)[0])
+            total += slices * slices
+    return total
+
+
+def _serve(geo: Geometry, demand: Mapping[str, int]) -> tuple[dict[str, int], dict[int, bool]]:
+    """Which instances of `geo` serve `demand`: counts per profile and used starts."""
+    left = dict(demand)
+    served: dict[str, int] = {}
+    used: dict[int, bool] = {}
+    for inst in geo:
+        if left.get(inst.profile, 0) > 0:
+            left[inst.profile] -= 1
+            served[inst.profile] = served.get(inst.profile, 0) + 1
+            used[inst.start] = True
+    return served, used
+
+
+def plan_mig(
+    devices: Sequence[MigDevice], demand: Mapping[str, int], allowed: Iterable[str] = ()
+) -> MigPlan:
+    """Propose geometries for idle devices that serve `demand` (profile -> instances).
+
+    1. Free instances already carved (on any healthy device) serve demand first: no churn.
+    2. Remaining demand is packed onto idle devices, already partitioned ones before whole
+       ones, each getting the maximal geometry that serves the most demand (in compute
+       slices), then leaves the biggest free instances, then changes least. Devices with
+       running work are never touched. `allowed` (the pool's migProfiles) limits what the
+       leftover may be carved into; empty allows any profile.
+    """
+    allow = frozenset(allowed)
+    left = {p: n for p, n in demand.items() if n > 0}
+    from_existing: dict[str, int] = {}
+    idle: list[MigDevice] = []
+    for dev in sorted(devices, key=lambda d: (not d.busy, d.node, d.index)):
+        if not dev.healthy:
+            continue
+        free = [i for i in dev.geometry if not i.in_use]
+        served, _ = _serve(tuple(free), left)
+        for p, n in served.items():
+            left[p] -= n
+            from_existing[p] = from_existing.get(p, 0) + n
+        if not dev.busy and not served and mig_model(dev.model) is not None:
+            idle.append(dev)
+    left = {p: n for p, n in left.items() if n > 0}
+    changes: list[MigChange] = []
+    from_changes: dict[str, int] = {}
+    # partitioned idle devices first: keep unpartitioned (whole) devices whole if possible
+    idle.sort(key=lambda d: (len(d.geometry) <= 1, d.node, d.index))
+    for dev in idle:
+        if not left:
+            break
+        best: tuple[tuple[int, int, int], Geometry, dict[str, int]] | None = None
+        table = mig_model(dev.model)
+        assert table is not None
+        for geo in maximal_geometries(table.model):
+            served, used = _serve(geo, left)
+            if not served:
+                continue
+            if allow and any(
+                not used.get(i.start) and i.profile not in allow and i.profile not in demand
+                for i in geo
+            ):
+                continue
+            slices = sum(int(p.split("g.", 1)[0]) * n for p, n in served.items())
+            same = (
+                1
+                if tuple((i.profile, i.start) for i in geo)
+                == tuple((i.profile, i.start) for i in dev.geometry)
+                else 0
+            )
+            key = (slices, _remainder_value(geo, used), same)
+            if best is None or key > best[0]:
+                best = (key, geo, served)
+        if best is None:
+            continue
+        _, geo, served = best
+        for p, n in served.items():
+            left[p] -= n
+            from_changes[p] = from_changes.get(p, 0) + n
+        left = {p: n for p, n in left.items() if n > 0}
+        changes.append(MigChange(dev.node, dev.index, dev.model, dev.geometry, geo))
+    reasons = tuple(_why_unserved(devices, left))
+    return MigPlan(tuple(changes), from_existing, from_changes, dict(left), reasons)
+
+
+def _why_unserved(devices: Sequence[MigDevice], left: Mapping[str, int]) -> list[str]:
+    out = []
+    for profile, n in sorted(left.items()):
+        able = [d for d in devices if (t := mig_model(d.model)) and t.profile(profile)]
+        if not able:
+            models = sorted({d.model for d in devices}) or ["none"]
+            out.append(f"{n} x {profile} unserved: no device model offers it ({', '.join(models)})")
+            continue
+        busy = sum(1 for d in able if d.busy)
+        sick = sum(1 for d in able if not d.healthy)
+        out.append(
+            f"{n} x {profile} unserved: all {len(able)} capable devices are full or in use "
+            f"({busy} with running work, {sick} unhealthy); repartitioning only idle devices"
+        )
+    return out
