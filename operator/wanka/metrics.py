@@ -33,6 +33,27 @@ SIGNAL_TO_TAINT = Histogram(
     ["pool"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
+BINDS = Counter("wanka_binds_total", "Pod bindings through pods/binding, by result", ["result"])
+GANG_RESTARTS = Counter(
+    "wanka_gang_restarts_total", "Whole-gang restarts, by pool and reason", ["pool", "reason"]
+)
+LOST_WORK_SECONDS = Counter(
+    "wanka_lost_work_seconds_total",
+    "Wall-clock training time lost to interruptions (since the last checkpoint)",
+    ["pool"],
+)
+GANG_WAIT_SECONDS = Histogram(
+    "wanka_gang_wait_seconds",
+    "From job creation to its gang's admission",
+    ["pool", "queue"],
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 14400),
+)
+SCHEDULE_SECONDS = Histogram(
+    "wanka_gang_placement_duration_seconds",
+    "Time of one scheduling cycle (queue order, quotas, gang placement) for one pool",
+    ["pool"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1),
+)
 
 
 class PoolCollector(Collector):

@@ -133,15 +133,17 @@ def _has_sa(cluster: Cluster, ns: str) -> bool:
 class OperatorProcess:
     """`wanka run` as a child process against the session cluster."""
 
-    def __init__(self, cluster: Cluster, log_dir: Path) -> None:
+    def __init__(self, cluster: Cluster, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.cluster = cluster
+        self.extra_env = env or {}
         self.log_path = log_dir / f"operator-{uuid.uuid4().hex[:6]}.log"
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO / "operator"), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=str(REPO / "operator"), PYTHONUNBUFFERED="1",
+                   **self.extra_env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "wanka.cli", "run", "--kubeconfig", str(self.cluster.kubeconfig),

@@ -258,6 +258,10 @@ class ReplicaPlacement(WankaModel):
         description="Device indexes on the node.",
         json_schema_extra={"items": {"type": "integer", "minimum": 0}},
     )
+    gpu_milli: int | None = Field(
+        default=None, ge=1, le=999,
+        description="For a share of one device: its size in thousandths of the device.",
+    )
 
 
 class LastCheckpoint(WankaModel):
@@ -295,6 +299,12 @@ class TrainingJobStatus(WankaModel):
     completion_time: datetime | None = Field(default=None, description="When it ended.")
     lost_seconds: float = Field(
         default=0, ge=0, description="Work lost to interruptions (since the last checkpoint)."
+    )
+    retry_after: datetime | None = Field(
+        default=None, description="Restart backoff: the gang is not placed again before this."
+    )
+    admitted_time: datetime | None = Field(
+        default=None, description="When the current placement was reserved (gang timeout)."
     )
     gpus: float | None = Field(
         default=None, ge=0, description="GPU-equivalents the whole gang asks for."

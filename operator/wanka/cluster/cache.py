@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,29 +16,53 @@ def key_of(body: Mapping[str, Any]) -> Key:
     return (meta.get("namespace") or "", meta.get("name") or "")
 
 
+def _version(body: Mapping[str, Any]) -> int:
+    try:
+        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
 @dataclass
 class Store:
-    """Objects of one kind by (namespace, name); keeps the newest resourceVersion seen."""
+    """Objects of one kind by (namespace, name). Watch handlers (kopf's executor threads) and
+    the reconcile loop (another thread) share it, so every access holds the lock."""
 
     objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
 
     def upsert(self, body: Mapping[str, Any]) -> None:
-        self.objects[key_of(body)] = dict(body)
+        with self.lock:
+            self.objects[key_of(body)] = dict(body)
 
     def delete(self, body: Mapping[str, Any]) -> None:
-        self.objects.pop(key_of(body), None)
+        with self.lock:
+            self.objects.pop(key_of(body), None)
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.objects.get((namespace, name))
+        with self.lock:
+            return self.objects.get((namespace, name))
 
     def values(self) -> list[dict[str, Any]]:
-        return list(self.objects.values())
+        with self.lock:
+            return list(self.objects.values())
+
+    def replace(self, bodies: list[dict[str, Any]]) -> None:
+        """Take a full LIST, but keep any object a watch event brought in newer than it."""
+        with self.lock:
+            fresh = {key_of(b): b for b in bodies}
+            for key, current in self.objects.items():
+                listed = fresh.get(key)
+                if listed is not None and _version(current) > _version(listed):
+                    fresh[key] = current
+            self.objects = fresh
 
     def __len__(self) -> int:
-        return len(self.objects)
+        with self.lock:
+            return len(self.objects)
 
 
-KINDS = ("nodes", "pods", "gpupools", "trainingjobs", "tenantqueues", "configmaps")
+KINDS = ("nodes", "pods", "gpupools", "trainingjobs", "tenantqueues", "configmaps", "namespaces")
 
 
 class FleetCache:
@@ -45,7 +70,7 @@ class FleetCache:
 
     def __init__(self) -> None:
         self.stores: dict[str, Store] = {kind: Store() for kind in KINDS}
-        self._waiters: list[asyncio.Event] = []
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
 
     def store(self, kind: str) -> Store:
         return self.stores[kind]
@@ -58,13 +83,23 @@ class FleetCache:
             self.stores[kind].upsert(body)
         self.wake()
 
+    def replace(self, kind: str, bodies: list[dict[str, Any]]) -> None:
+        """Replace a whole store with a fresh LIST (start-up and periodic resync)."""
+        self.stores[kind].replace(bodies)
+        self.wake()
+
     def subscribe(self) -> asyncio.Event:
-        """An event that is set whenever anything changes; the loop clears it before work."""
+        """An event that is set whenever anything changes; the loop clears it before work.
+
+        Call from the event loop that will wait on it."""
         event = asyncio.Event()
         event.set()
-        self._waiters.append(event)
+        self._waiters.append((asyncio.get_running_loop(), event))
         return event
 
     def wake(self) -> None:
-        for event in self._waiters:
-            event.set()
+        """Thread-safe: watch handlers run in kopf's executor threads."""
+        for loop, event in self._waiters:
+            if loop.is_closed():
+                continue
+            loop.call_soon_threadsafe(event.set)

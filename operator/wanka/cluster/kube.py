@@ -40,3 +40,32 @@ def connection_settings(api: client.ApiClient) -> dict[str, object]:
         "certificate_path": cfg.cert_file,
         "private_key_path": cfg.key_file,
     }
+
+
+def list_all(api: client.ApiClient, kind: str) -> list[dict[str, object]]:
+    """Every object of one of the cache's kinds, as plain dicts (a full LIST)."""
+    from wanka.api.common import GROUP, VERSION
+
+    if kind in ("gpupools", "trainingjobs", "tenantqueues"):
+        custom = client.CustomObjectsApi(api)
+        items = custom.list_cluster_custom_object(GROUP, VERSION, kind)["items"]
+        for item in items:
+            item.setdefault("apiVersion", f"{GROUP}/{VERSION}")
+        return list(items)
+    core = client.CoreV1Api(api)
+    calls = {
+        "nodes": (core.list_node, {}, "Node"),
+        "pods": (core.list_pod_for_all_namespaces, {}, "Pod"),
+        "namespaces": (core.list_namespace, {}, "Namespace"),
+        "configmaps": (core.list_config_map_for_all_namespaces,
+                       {"label_selector": "wanka.io/job"}, "ConfigMap"),
+    }
+    call, kwargs, kind_name = calls[kind]
+    raw = call(_preload_content=False, **kwargs)
+    import json
+
+    items = json.loads(raw.data)["items"]
+    for item in items:
+        item.setdefault("apiVersion", "v1")
+        item.setdefault("kind", kind_name)
+    return list(items)

@@ -221,8 +221,15 @@ def build_pool_snapshot(
     spec: GPUPoolSpec,
     nodes: Iterable[Mapping[str, Any]],
     pods: Iterable[Mapping[str, Any]],
+    reservations: Iterable[Allocation] = (),
 ) -> PoolView:
-    """The snapshot of the nodes `spec` selects, with every bound pod on them applied."""
+    """The snapshot of the nodes `spec` selects, with the ledger's reservations and every
+    bound pod on them applied.
+
+    A reservation and the pod that carries it out share one (owner, member) key: the pod is
+    the same allocation, not a second one. (A gang is placed again only once every pod of
+    its previous attempt is gone, so an old pod never hides behind a new reservation.)
+    """
     levels = tuple(spec.topology.levels)
     selected = [build_node(n, spec, levels) for n in nodes if spec.node_selector.matches(dict(labels(n)))]
     snap = Snapshot(selected, levels=levels)
@@ -234,8 +241,11 @@ def build_pool_snapshot(
         alloc = pod_allocation(pod, spec.accelerator.resource_name)
         if alloc is not None:
             (pinned if alloc.devices else opaque).append(alloc)
-    # Pinned allocations first: opaque pods then take whatever idle devices remain.
-    for alloc in [*pinned, *opaque]:
+    reserved = [r for r in reservations if r.node in snap.nodes]
+    keys = {r.key for r in reserved}
+    # Ledger first, then pinned pods, then opaque pods on whatever idle devices remain.
+    pod_allocs = [a for a in (*pinned, *opaque) if a.key not in keys]
+    for alloc in [*reserved, *pod_allocs]:
         try:
             snap.apply(alloc)
         except OverAllocation as exc:

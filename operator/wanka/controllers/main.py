@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,9 +14,11 @@ import kopf
 from prometheus_client import start_http_server
 
 from wanka.api.common import GROUP, VERSION
-from wanka.cluster.cache import FleetCache
+from wanka.cluster.cache import KINDS, FleetCache
 from wanka.cluster.health import ApiNodePatcher, HealthReconciler
-from wanka.cluster.kube import api_client, connection_settings
+from wanka.cluster.jobio import JobIO
+from wanka.cluster.jobs import JobReconciler
+from wanka.cluster.kube import api_client, connection_settings, list_all
 from wanka.cluster.pools import PoolReconciler
 from wanka.cluster.writer import EventRecorder, StatusWriter
 from wanka.core.accounting import PoolSummary
@@ -24,6 +27,7 @@ from wanka.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, register_pool_col
 log = logging.getLogger("wanka")
 DEBOUNCE_SECONDS = 0.05
 HEALTH_PERIOD_SECONDS = 1.0
+RESYNC_SECONDS = 300.0
 
 
 @dataclass
@@ -51,6 +55,9 @@ kopf.on.event("", "v1", "pods")(_feed("pods"))
 kopf.on.event(GROUP, VERSION, "gpupools")(_feed("gpupools"))
 kopf.on.event(GROUP, VERSION, "trainingjobs")(_feed("trainingjobs"))
 kopf.on.event(GROUP, VERSION, "tenantqueues")(_feed("tenantqueues"))
+kopf.on.event("", "v1", "namespaces")(_feed("namespaces"))
+# Only the per-job checkpoint maps, not every ConfigMap in the cluster.
+kopf.on.event("", "v1", "configmaps", labels={"wanka.io/job": kopf.PRESENT})(_feed("configmaps"))
 
 
 async def _loop(name: str, wake: asyncio.Event, step: Any, period: float | None = None) -> None:
@@ -107,9 +114,20 @@ async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         guard=health.guard_conditions,
     )
 
+    jobs = JobReconciler(RUNTIME.cache, JobIO(api), events, status_writer=StatusWriter(api))
+    last_sync = [0.0]
+
     def fleet_pass() -> None:
-        # Health first: the pool status then reports the taints and records just written.
+        # A full LIST first and then every few minutes: the reservation ledger (admitted jobs'
+        # status) must be complete before anything is placed, and a missed watch event
+        # must not leave a phantom object in the cache for long.
+        if time.monotonic() - last_sync[0] > RESYNC_SECONDS:
+            for kind in KINDS:
+                RUNTIME.cache.replace(kind, list_all(api, kind))  # type: ignore[arg-type]
+            last_sync[0] = time.monotonic()
+        # Health first: jobs then see this pass's taints, and pools report them.
         health.reconcile_all()
+        jobs.reconcile_all()
         pools.reconcile_all()
 
     RUNTIME.tasks.append(asyncio.create_task(

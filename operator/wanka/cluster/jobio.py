@@ -1,0 +1,114 @@
+"""The API calls the TrainingJob loop makes, each idempotent (a retry after a crash is harmless)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from wanka.api.common import GROUP, VERSION
+
+log = logging.getLogger(__name__)
+FINALIZER = "wanka.io/finalizer"
+
+
+class Conflict(Exception):
+    """The object changed since we read it (409) or is gone (404): re-read and decide again."""
+
+
+class JobIO:
+    """Creates, binds and deletes what a job owns; patches its status with preconditions."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.rbac = client.RbacAuthorizationV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    # --- the job itself ------------------------------------------------------------------
+    def patch_status(self, ns: str, name: str, version: str | None, status: Mapping[str, Any]) -> str:
+        """Merge-patch status only if the job is still at `version`; returns the new version."""
+        body: dict[str, Any] = {"status": dict(status)}
+        if version:
+            body["metadata"] = {"resourceVersion": version}
+        try:
+            out = self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, ns, "trainingjobs", name, body)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                raise Conflict(f"{ns}/{name}: {exc.reason}") from exc
+            raise
+        return str(out["metadata"]["resourceVersion"])
+
+    def set_finalizers(self, ns: str, name: str, version: str | None, finalizers: list[str]) -> None:
+        body = {"metadata": {"finalizers": finalizers, "resourceVersion": version}}
+        try:
+            self.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", name, body)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                raise Conflict(f"{ns}/{name}: {exc.reason}") from exc
+            raise
+
+    # --- what it owns --------------------------------------------------------------------
+    def ensure(self, obj: Mapping[str, Any]) -> None:
+        """Create `obj` unless it exists already (by name)."""
+        ns = obj["metadata"]["namespace"]
+        kind = obj["kind"]
+        try:
+            if kind == "Pod":
+                self.core.create_namespaced_pod(ns, obj)
+            elif kind == "Service":
+                self.core.create_namespaced_service(ns, obj)
+            elif kind == "ServiceAccount":
+                self.core.create_namespaced_service_account(ns, obj)
+            elif kind == "ConfigMap":
+                self.core.create_namespaced_config_map(ns, obj)
+            elif kind == "Role":
+                self.rbac.create_namespaced_role(ns, obj)
+            elif kind == "RoleBinding":
+                self.rbac.create_namespaced_role_binding(ns, obj)
+            else:
+                raise ValueError(f"unexpected kind {kind}")
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def bind(self, ns: str, pod: str, node: str) -> str | None:
+        """Bind through pods/binding. None when bound (now or before); else why it failed."""
+        body = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod, "namespace": ns},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+        try:
+            # The client cannot read the Status the server answers with: skip decoding.
+            self.core.create_namespaced_binding(ns, body, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 409:
+                current = self.core.read_namespaced_pod(pod, ns).spec.node_name
+                return None if current == node else f"pod {pod} is bound to {current}, not {node}"
+            return f"binding {pod} to {node} failed: {exc.status} {exc.reason}"
+        return None
+
+    def delete_pod(self, ns: str, name: str, grace: int | None = None) -> None:
+        try:
+            self.core.delete_namespaced_pod(name, ns, grace_period_seconds=grace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def delete_owned(self, ns: str, job: str, names: Mapping[str, str]) -> None:
+        """Delete the Service, checkpoint objects and RBAC of a job (404 is fine)."""
+        calls = {
+            "Service": self.core.delete_namespaced_service,
+            "ServiceAccount": self.core.delete_namespaced_service_account,
+            "ConfigMap": self.core.delete_namespaced_config_map,
+            "Role": self.rbac.delete_namespaced_role,
+            "RoleBinding": self.rbac.delete_namespaced_role_binding,
+        }
+        for kind, name in names.items():
+            try:
+                calls[kind](name, ns)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise

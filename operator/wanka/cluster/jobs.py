@@ -1,0 +1,726 @@
+"""The TrainingJob loop: admission through the core's scheduler, pods bound as a whole gang,
+recovery of interrupted gangs from their checkpoint, and release on deletion.
+
+Everything durable lives in the API: the reservation ledger is each admitted job's
+`status.placement` (written before any pod exists), so a restarted operator rebuilds it from
+the cluster. A pass may stop at any line; the next pass sees what was written and carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from wanka import failpoints
+from wanka.api.common import Condition, find_condition, set_condition
+from wanka.api.gpupool import GPUPoolSpec
+from wanka.api.tenantqueue import TenantQueueSpec
+from wanka.api.trainingjob import (
+    LastCheckpoint,
+    ReplicaPlacement,
+    TrainingJobSpec,
+    TrainingJobStatus,
+)
+from wanka.cluster.cache import FleetCache
+from wanka.cluster.jobio import FINALIZER, Conflict, JobIO
+from wanka.cluster.manifests import (
+    ATTEMPT_LABEL,
+    checkpoint_configmap_name,
+    checkpoint_objects,
+    pod_manifest,
+    service_account_name,
+    service_manifest,
+)
+from wanka.cluster.pools import parse_spec
+from wanka.cluster.translate import (
+    JOB_LABEL,
+    REPLICA_LABEL,
+    UNHEALTHY_TAINT,
+    build_pool_snapshot,
+    has_taint,
+    node_ready,
+    pod_requests,
+)
+from wanka.core.queueing import Admit, PoolQuota, Preempt, QueueSpec, Wait, schedule
+from wanka.core.requests import GangRequest, InvalidRequest
+from wanka.core.snapshot import WHOLE, Allocation, DeviceShare
+from wanka.metrics import (
+    BINDS,
+    GANG_RESTARTS,
+    GANG_WAIT_SECONDS,
+    LOST_WORK_SECONDS,
+    RECONCILE_ERRORS,
+    SCHEDULE_SECONDS,
+)
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("Admitted", "Running")
+
+
+class Recorder(Protocol):
+    def record(self, obj: Mapping[str, Any], type_: Any, reason: str, message: str) -> None: ...
+
+
+def ts(value: Any) -> float | None:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def to_dt(epoch: float) -> datetime:
+    return datetime.fromtimestamp(math.floor(epoch), UTC)
+
+
+def backoff_seconds(restarts: int, base: int, cap: int) -> int:
+    """Exponential backoff: base, 2 base, 4 base, ... capped."""
+    if restarts <= 0 or base <= 0:
+        return 0
+    return int(min(cap, base * 2 ** min(restarts - 1, 30)))
+
+
+@dataclass
+class Job:
+    """One TrainingJob as this pass sees it."""
+
+    raw: dict[str, Any]
+    spec: TrainingJobSpec | None
+    status: TrainingJobStatus
+    invalid: str = ""
+    pods: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ns(self) -> str:
+        return str(self.raw["metadata"]["namespace"])
+
+    @property
+    def name(self) -> str:
+        return str(self.raw["metadata"]["name"])
+
+    @property
+    def key(self) -> str:
+        return f"{self.ns}/{self.name}"
+
+    @property
+    def version(self) -> str | None:
+        return self.raw["metadata"].get("resourceVersion")
+
+    @property
+    def generation(self) -> int | None:
+        return self.raw["metadata"].get("generation")
+
+    @property
+    def attempt(self) -> int:
+        return self.status.restarts
+
+    def attempt_pods(self) -> list[dict[str, Any]]:
+        return [p for p in self.pods if p["metadata"].get("labels", {}).get(ATTEMPT_LABEL) == str(self.attempt)]
+
+    def stale_pods(self) -> list[dict[str, Any]]:
+        return [p for p in self.pods if p["metadata"].get("labels", {}).get(ATTEMPT_LABEL) != str(self.attempt)]
+
+
+def job_request(job: Job, pool: GPUPoolSpec, resuming: bool) -> GangRequest:
+    """The core's view of a job's gang."""
+    assert job.spec is not None
+    spec = job.spec
+    res = spec.resources
+    cpu = mem = 0
+    if spec.template.spec.containers:
+        pod = {"spec": spec.template.wire()["spec"]}
+        cpu, mem, _ = pod_requests(pod, pool.accelerator.resource_name)
+    gpus = res.gpus or 0
+    milli = 0
+    if res.gpu_fraction is not None:
+        gpus, milli = 0, max(1, round(res.gpu_fraction * WHOLE))
+    created = ts(job.raw["metadata"].get("creationTimestamp")) or 0.0
+    checkpoint = job.status.last_checkpoint
+    return GangRequest(
+        owner=job.key,
+        queue=spec.queue,
+        pool=spec.pool,
+        priority=spec.priority,
+        replicas=spec.replicas,
+        min_available=spec.gang.min_available,
+        gpus=gpus,
+        gpu_milli=milli,
+        gpu_memory_mib=int((res.gpu_memory_gi_b or 0) * 1024),
+        mig_profile=res.mig_profile or "",
+        cpu_milli=cpu,
+        memory_mib=mem,
+        excluded_nodes=frozenset(job.status.excluded_nodes),
+        topology_level=spec.topology.level if spec.topology else "",
+        topology_mode=spec.topology.mode if spec.topology else "Preferred",
+        # An interrupted gang goes back to the front of its queue.
+        created=0.0 if resuming else created,
+        started=ts(job.status.start_time),
+        last_checkpoint=checkpoint.time.timestamp() if checkpoint else None,
+    )
+
+
+def reservations(job: Job) -> list[Allocation]:
+    """The ledger entries an admitted job's status holds."""
+    if job.status.phase not in ACTIVE or job.spec is None:
+        return []
+    cpu_mem = (0, 0)
+    try:
+        cpu_mem = pod_requests({"spec": job.spec.template.wire()["spec"]}, "")[:2]
+    except (KeyError, TypeError):
+        pass
+    mem_mib = int((job.spec.resources.gpu_memory_gi_b or 0) * 1024)
+    out = []
+    for p in job.status.placement:
+        if p.gpu_milli:
+            shares: tuple[DeviceShare, ...] = tuple(DeviceShare(d, p.gpu_milli, mem_mib) for d in p.devices)
+        else:
+            shares = tuple(DeviceShare(d) for d in p.devices)
+        out.append(Allocation(job.key, str(p.replica), p.node, cpu_mem[0], cpu_mem[1], shares))
+    return out
+
+
+def pod_exit_code(pod: Mapping[str, Any]) -> int | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term and term.get("exitCode"):
+            return int(term["exitCode"])
+    return None
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    st = pod.get("status") or {}
+    if st.get("phase") != "Running":
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+
+
+@dataclass
+class JobReconciler:
+    """One pass over every TrainingJob and TenantQueue."""
+
+    cache: FleetCache
+    io: JobIO
+    events: Recorder
+    clock: Callable[[], float] = time.time
+    status_writer: Any = None  # StatusWriter for TenantQueue status
+    # Status we wrote but the watch has not brought back yet: (version written against, status).
+    _assumed: dict[str, tuple[str | None, str, dict[str, Any]]] = field(default_factory=dict)
+    _queue_status: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    # --- reading the cache ---------------------------------------------------------------
+    def _jobs(self) -> list[Job]:
+        pods_by_job: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for pod in self.cache.store("pods").values():
+            lab = pod["metadata"].get("labels") or {}
+            if JOB_LABEL in lab:
+                pods_by_job.setdefault((pod["metadata"]["namespace"], lab[JOB_LABEL]), []).append(pod)
+        jobs = []
+        for raw in self.cache.store("trainingjobs").values():
+            meta = raw["metadata"]
+            key = f"{meta['namespace']}/{meta['name']}"
+            status_raw = raw.get("status") or {}
+            assumed = self._assumed.get(key)
+            if assumed is not None:
+                before, after, wrote = assumed
+                if meta.get("resourceVersion") == before:
+                    status_raw = wrote  # the watch has not caught up with our own write
+                else:
+                    del self._assumed[key]
+            try:
+                status = TrainingJobStatus.model_validate(status_raw)
+            except ValidationError:
+                status = TrainingJobStatus()
+            spec, invalid = None, ""
+            try:
+                spec = TrainingJobSpec.model_validate(raw.get("spec") or {})
+            except ValidationError as exc:
+                invalid = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+            job = Job(raw, spec, status, invalid, pods_by_job.get((meta["namespace"], meta["name"]), []))
+            jobs.append(job)
+        return sorted(jobs, key=lambda j: j.key)
+
+    def _pools(self) -> dict[str, GPUPoolSpec]:
+        out = {}
+        for pool in self.cache.store("gpupools").values():
+            try:
+                out[pool["metadata"]["name"]] = parse_spec(pool)
+            except ValidationError:
+                continue
+        return out
+
+    def _queues(self) -> dict[str, tuple[TenantQueueSpec, dict[str, Any]]]:
+        out = {}
+        for q in self.cache.store("tenantqueues").values():
+            try:
+                out[q["metadata"]["name"]] = (TenantQueueSpec.model_validate(q.get("spec") or {}), q)
+            except ValidationError:
+                continue
+        return out
+
+    # --- writing -------------------------------------------------------------------------
+    def _write(self, job: Job, status: TrainingJobStatus) -> bool:
+        status.observed_generation = job.generation
+        wire = status.wire()
+        old = job.status.wire()
+        if wire == old:
+            return True
+        try:
+            new_version = self.io.patch_status(job.ns, job.name, job.version, wire)
+        except Conflict as exc:
+            log.info("status of %s not written (%s); next pass re-reads it", job.key, exc)
+            return False
+        self._assumed[job.key] = (job.version, new_version, wire)
+        job.raw["metadata"]["resourceVersion"] = new_version
+        job.status = status
+        return True
+
+    def _transition(
+        self, job: Job, status: TrainingJobStatus, phase: str, cond: str, cstatus: str,
+        reason: str, message: str, event: str | None = "Normal",
+    ) -> None:
+        now = to_dt(self.clock())
+        was = job.status.phase
+        status.phase = phase  # type: ignore[assignment]
+        changed = set_condition(status.conditions, cond, cstatus, reason, message,  # type: ignore[arg-type]
+                                job.generation, now)
+        if self._write(job, status) and event and (changed or was != phase):
+            self.events.record(job.raw, event, reason, message)
+
+    # --- the pass ------------------------------------------------------------------------
+    def reconcile_all(self) -> None:
+        now = self.clock()
+        jobs = self._jobs()
+        pools = self._pools()
+        queues = self._queues()
+        nodes = {n["metadata"]["name"]: n for n in self.cache.store("nodes").values()}
+        pending: dict[str, list[Job]] = {}
+        for job in jobs:
+            try:
+                if self._lifecycle(job, nodes, pools, now):
+                    pending.setdefault(job.spec.pool if job.spec else "", []).append(job)
+            except Conflict:
+                continue
+            except ApiException as exc:
+                # One job's trouble (say, its namespace is terminating) must not stall the rest.
+                RECONCILE_ERRORS.labels("trainingjob").inc()
+                log.warning("job %s: %s %s; retrying on the next pass", job.key, exc.status, exc.reason)
+        for pool_name, waiting in sorted(pending.items()):
+            try:
+                self._schedule_pool(pool_name, pools.get(pool_name), waiting, jobs, queues, now)
+            except ApiException as exc:
+                RECONCILE_ERRORS.labels("trainingjob").inc()
+                log.warning("admission in pool %s: %s %s; retrying", pool_name, exc.status, exc.reason)
+        self._queue_statuses(jobs, queues, pools)
+
+    def _lifecycle(
+        self, job: Job, nodes: Mapping[str, Mapping[str, Any]], pools: Mapping[str, GPUPoolSpec],
+        now: float,
+    ) -> bool:
+        """Advance one job; True when it waits for a placement this pass."""
+        meta = job.raw["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if meta.get("deletionTimestamp"):
+            self._release(job, grace=None)
+            if not job.pods and FINALIZER in finalizers:
+                self.io.set_finalizers(job.ns, job.name, job.version, [f for f in finalizers if f != FINALIZER])
+            return False
+        if FINALIZER not in finalizers:
+            self.io.set_finalizers(job.ns, job.name, job.version, [*finalizers, FINALIZER])
+            return False  # the watch brings the job back with its finalizer
+        status = job.status.model_copy(deep=True)
+        if job.spec is None:
+            self._transition(job, status, "Failed", "Failed", "True", "InvalidSpec", job.invalid, "Warning")
+            return False
+        if status.phase is None:
+            status.gpus = job.spec.replicas * job.spec.resources.gpu_milli / WHOLE
+            self._transition(job, status, "Queued", "Admitted", "False", "Queued",
+                             f"waiting in queue {job.spec.queue}")
+            return False
+        self._mirror_checkpoint(job)
+        phase = job.status.phase
+        if phase in ("Succeeded", "Failed"):
+            if any((p.get("status") or {}).get("phase") not in ("Succeeded", "Failed") for p in job.pods):
+                self._delete_pods(job, job.pods, grace=self._grace(job))
+            return False
+        if job.spec.suspend:
+            self._release(job, grace=self._grace(job), keep_objects=True)
+            if phase != "Suspended":
+                status = job.status.model_copy(deep=True)
+                status.placement = []
+                status.replicas_ready = 0
+                self._transition(job, status, "Suspended", "Admitted", "False", "Suspended",
+                                 "spec.suspend is true: everything released")
+            return False
+        if phase == "Suspended":
+            status = job.status.model_copy(deep=True)
+            self._transition(job, status, "Queued", "Admitted", "False", "Resumed",
+                             "spec.suspend is false: back in the queue")
+            return False
+        if phase in ACTIVE:
+            self._run_gang(job, nodes, pools, now)
+            return False
+        # Queued or Restarting: old pods must be gone and the backoff over before re-placing.
+        if job.stale_pods() or job.attempt_pods():
+            self._delete_pods(job, job.pods, grace=self._grace(job))
+            return False
+        retry = ts(job.status.retry_after)
+        return not (retry is not None and retry > now)
+
+    def _grace(self, job: Job) -> int | None:
+        if job.spec is None:
+            return None
+        value = job.spec.template.wire()["spec"].get("terminationGracePeriodSeconds")
+        return int(value) if isinstance(value, int) else None
+
+    def _delete_pods(self, job: Job, pods: Iterable[Mapping[str, Any]], grace: int | None) -> None:
+        for pod in pods:
+            if not pod["metadata"].get("deletionTimestamp"):
+                self.io.delete_pod(job.ns, pod["metadata"]["name"], grace)
+
+    def _release(self, job: Job, grace: int | None, keep_objects: bool = False) -> None:
+        self._delete_pods(job, job.pods, grace)
+        if keep_objects:
+            return
+        cm = checkpoint_configmap_name(job.name)
+        role = f"{job.name}-checkpoint-writer"
+        self.io.delete_owned(job.ns, job.name, {
+            "Service": job.name, "ServiceAccount": service_account_name(job.name),
+            "ConfigMap": cm, "Role": role, "RoleBinding": role,
+        })
+
+    def _mirror_checkpoint(self, job: Job) -> None:
+        cm = self.cache.store("configmaps").get(job.ns, checkpoint_configmap_name(job.name))
+        data = (cm or {}).get("data") or {}
+        if not data.get("step"):
+            return
+        try:
+            ckpt = LastCheckpoint(step=int(data["step"]), path=data.get("path", ""),
+                                  time=datetime.fromisoformat(data["time"].replace("Z", "+00:00")))
+        except (ValueError, KeyError, ValidationError):
+            self.events.record(job.raw, "Warning", "BadCheckpointReport",
+                               f"ignoring checkpoint report {dict(data)}")
+            return
+        if job.status.last_checkpoint != ckpt:
+            status = job.status.model_copy(deep=True)
+            status.last_checkpoint = ckpt
+            self._write(job, status)
+
+    # --- an admitted gang ----------------------------------------------------------------
+    def _run_gang(
+        self, job: Job, nodes: Mapping[str, Mapping[str, Any]], pools: Mapping[str, GPUPoolSpec],
+        now: float,
+    ) -> None:
+        assert job.spec is not None
+        spec, status = job.spec, job.status
+        pool = pools.get(spec.pool)
+        if job.stale_pods():
+            self._delete_pods(job, job.stale_pods(), self._grace(job))
+        pods = {int(p["metadata"]["labels"][REPLICA_LABEL]): p for p in job.attempt_pods()}
+        # Interruptions first: a failed member, a lost member, a member on a bad node.
+        bad_nodes, reasons = [], []
+        for placed in status.placement:
+            node = nodes.get(placed.node)
+            if node is None:
+                bad_nodes.append(placed.node)
+                reasons.append(f"node {placed.node} is gone")
+            elif has_taint(node, UNHEALTHY_TAINT):
+                bad_nodes.append(placed.node)
+                reasons.append(f"node {placed.node} is tainted unhealthy")
+            elif not node_ready(node):
+                bad_nodes.append(placed.node)
+                reasons.append(f"node {placed.node} is NotReady")
+        failed = {r: p for r, p in pods.items() if (p.get("status") or {}).get("phase") == "Failed"}
+        for replica, pod in sorted(failed.items()):
+            code = pod_exit_code(pod)
+            if code is not None and code in spec.restart_policy.no_retry_exit_codes:
+                self._fail(job, "NoRetryExitCode",
+                           f"replica {replica} exited with {code}, listed in noRetryExitCodes")
+                return
+            reason = (pod.get("status") or {}).get("reason") or "Failed"
+            reasons.append(f"replica {replica} {reason} (exit {code}) on {pod['spec'].get('nodeName')}")
+            if pod["spec"].get("nodeName"):
+                bad_nodes.append(pod["spec"]["nodeName"])
+        if status.phase == "Running":
+            for placed in status.placement:
+                pod = pods.get(placed.replica)
+                if pod is None or pod["metadata"].get("deletionTimestamp"):
+                    reasons.append(f"replica {placed.replica} was deleted")
+        if reasons:
+            self._interrupt(job, "MemberFailed", "; ".join(reasons[:5]), bad_nodes, now,
+                            count_restart=True)
+            return
+        succeeded = [p for p in pods.values() if (p.get("status") or {}).get("phase") == "Succeeded"]
+        if len(succeeded) == spec.replicas:
+            st = status.model_copy(deep=True)
+            st.completion_time = to_dt(now)
+            st.placement = []
+            st.replicas_ready = 0
+            self._transition(job, st, "Succeeded", "Succeeded", "True", "Completed",
+                             f"all {spec.replicas} replicas succeeded")
+            return
+        # Carry the reservation out: create what is missing, then bind what is unbound.
+        if pool is not None:
+            self._materialize(job, pool, pods)
+        ready = sum(1 for p in pods.values() if pod_ready(p) or
+                    (p.get("status") or {}).get("phase") == "Succeeded")
+        st = status.model_copy(deep=True)
+        st.replicas_ready = ready
+        if ready == spec.replicas and status.phase != "Running":
+            st.start_time = st.start_time or to_dt(now)
+            set_condition(st.conditions, "PodsReady", "True", "AllReplicasRunning",
+                          f"{ready}/{spec.replicas} replicas running", job.generation, to_dt(now))
+            set_condition(st.conditions, "Restarting", "False", "Running", "gang running",
+                          job.generation, to_dt(now))
+            self._transition(job, st, "Running", "Admitted", "True", "Running",
+                             f"all {spec.replicas} replicas running on "
+                             f"{len({p.node for p in st.placement})} nodes")
+            return
+        admitted = ts(status.admitted_time)
+        if status.phase == "Admitted" and admitted and now - admitted > spec.gang.schedule_timeout_seconds:
+            self._delete_pods(job, job.pods, self._grace(job))
+            st.placement, st.replicas_ready, st.admitted_time = [], 0, None
+            self._transition(job, st, "Queued", "Admitted", "False", "GangTimeout",
+                             f"only {ready}/{spec.replicas} replicas running after "
+                             f"{spec.gang.schedule_timeout_seconds}s: released and requeued", "Warning")
+            return
+        if st.replicas_ready != status.replicas_ready:
+            self._write(job, st)
+
+    def _materialize(self, job: Job, pool: GPUPoolSpec, pods: dict[int, dict[str, Any]]) -> None:
+        assert job.spec is not None
+        spec = job.spec
+        if not pods:
+            self.io.ensure(service_manifest(job.raw))
+            for obj in checkpoint_objects(job.raw):
+                self.io.ensure(obj)
+        mem = int((spec.resources.gpu_memory_gi_b or 0) * 1024)
+        created = False
+        for placed in job.status.placement:
+            if placed.replica in pods:
+                continue
+            devices = [(d, placed.gpu_milli or WHOLE) for d in placed.devices]
+            manifest = pod_manifest(job.raw, spec, placed.replica, job.attempt, devices,
+                                    pool.accelerator.resource_name, pool.sharing.mode, mem,
+                                    resume=job.attempt > 0 or job.status.last_checkpoint is not None)
+            self.io.ensure(manifest)
+            pods[placed.replica] = manifest
+            created = True
+        if created and len(pods) < spec.replicas:
+            return
+        # Every member exists: bind them all (only now, so no pod runs before its gang).
+        for placed in job.status.placement:
+            pod = pods.get(placed.replica)
+            if pod is None or (pod.get("spec") or {}).get("nodeName"):
+                continue
+            problem = self.io.bind(job.ns, pod["metadata"]["name"], placed.node)
+            if problem is not None:
+                BINDS.labels("failed").inc()
+                self._rollback(job, problem)
+                return
+            BINDS.labels("bound").inc()
+            failpoints.hit("after-bind")
+
+    def _rollback(self, job: Job, problem: str) -> None:
+        self._delete_pods(job, job.pods, grace=0)
+        st = job.status.model_copy(deep=True)
+        st.placement, st.replicas_ready, st.admitted_time = [], 0, None
+        self._transition(job, st, "Queued", "Admitted", "False", "BindFailed",
+                         f"{problem}; the whole gang was rolled back and requeued", "Warning")
+
+    def _fail(self, job: Job, reason: str, message: str) -> None:
+        self._delete_pods(job, [p for p in job.pods if (p.get("status") or {}).get("phase")
+                                not in ("Succeeded", "Failed")], self._grace(job))
+        st = job.status.model_copy(deep=True)
+        st.placement, st.replicas_ready = [], 0
+        st.completion_time = to_dt(self.clock())
+        self._transition(job, st, "Failed", "Failed", "True", reason, message, "Warning")
+
+    def _interrupt(
+        self, job: Job, reason: str, message: str, bad_nodes: list[str], now: float,
+        count_restart: bool,
+    ) -> None:
+        """Stop the whole gang, requeue it at the front, avoiding the nodes that failed it."""
+        assert job.spec is not None
+        policy = job.spec.restart_policy
+        st = job.status.model_copy(deep=True)
+        if count_restart and st.restarts >= policy.max_restarts:
+            self._fail(job, "RestartLimitExceeded",
+                       f"{message}; {st.restarts} restarts reached maxRestarts={policy.max_restarts}")
+            return
+        self._delete_pods(job, job.pods, self._grace(job))
+        pods_ready = find_condition(st.conditions, "PodsReady")
+        attempt_start = (pods_ready.last_transition_time.timestamp()
+                         if pods_ready and pods_ready.status == "True" else None)
+        ckpt = st.last_checkpoint.time.timestamp() if st.last_checkpoint else None
+        since = max(x for x in (attempt_start, ckpt, 0.0) if x is not None)
+        lost = max(0.0, now - since) if attempt_start is not None else 0.0
+        st.lost_seconds = round(st.lost_seconds + lost, 1)
+        st.restarts += 1
+        st.excluded_nodes = sorted(set(st.excluded_nodes) | set(bad_nodes))[-1024:]
+        st.placement, st.replicas_ready, st.admitted_time = [], 0, None
+        wait = backoff_seconds(st.restarts, policy.backoff_seconds, policy.max_backoff_seconds)
+        st.retry_after = to_dt(now + wait) if wait else None
+        set_condition(st.conditions, "PodsReady", "False", reason, message, job.generation, to_dt(now))
+        cond = "Preempted" if reason == "Preempted" else "Restarting"
+        if cond == "Preempted":
+            set_condition(st.conditions, "Restarting", "True", reason, message, job.generation, to_dt(now))
+        GANG_RESTARTS.labels(job.spec.pool, reason).inc()
+        LOST_WORK_SECONDS.labels(job.spec.pool).inc(lost)
+        self._transition(job, st, "Restarting", cond, "True", reason,
+                         f"{message}; restart {st.restarts} from the last checkpoint"
+                         + (f" in {wait}s" if wait else "")
+                         + (f", avoiding {', '.join(sorted(set(bad_nodes)))}" if bad_nodes else ""),
+                         "Warning")
+
+    # --- admission -----------------------------------------------------------------------
+    def _schedule_pool(
+        self, pool_name: str, pool: GPUPoolSpec | None, waiting: list[Job], jobs: list[Job],
+        queues: Mapping[str, tuple[TenantQueueSpec, dict[str, Any]]], now: float,
+    ) -> None:
+        if pool is None:
+            for job in waiting:
+                self._wait(job, "NoPool", f"GPUPool {pool_name} does not exist or is invalid")
+            return
+        requests: list[GangRequest] = []
+        for job in waiting:
+            assert job.spec is not None
+            why = self._unservable(job, pool_name, pool, queues)
+            if why:
+                self._wait(job, why[0], why[1])
+                continue
+            try:
+                requests.append(job_request(job, pool, resuming=job.status.restarts > 0))
+            except InvalidRequest as exc:
+                self._wait(job, "InvalidRequest", str(exc))
+        active = [j for j in jobs if j.spec is not None and j.spec.pool == pool_name
+                  and j.status.phase in ACTIVE]
+        ledger = [a for j in active for a in reservations(j)]
+        view = build_pool_snapshot(pool, self.cache.store("nodes").values(),
+                                   self.cache.store("pods").values(), ledger)
+        running = [job_request(j, pool, resuming=False) for j in active]
+        queue_specs = [QueueSpec(
+            name=name, weight=q.weight, within_queue=q.preemption.within_queue,
+            reclaim_borrowed=q.preemption.reclaim_borrowed,
+            quotas=tuple(PoolQuota(x.pool, x.gpus, x.borrowing_limit) for x in q.quotas),
+        ) for name, (q, _) in queues.items()]
+        if not requests:
+            return
+        started = time.perf_counter()
+        result = schedule(view.snapshot, queue_specs, requests, running, now)
+        SCHEDULE_SECONDS.labels(pool_name).observe(time.perf_counter() - started)
+        by_key = {j.key: j for j in jobs}
+        for decision in result.decisions:
+            job = by_key.get(decision.owner)
+            if job is None:
+                continue
+            try:
+                self._apply_decision(job, decision, now)
+            except (Conflict, ApiException) as exc:
+                log.warning("decision for %s not applied: %s", job.key, exc)
+
+    def _apply_decision(self, job: Job, decision: Admit | Preempt | Wait, now: float) -> None:
+        if isinstance(decision, Admit):
+            self._admit(job, decision, now)
+        elif isinstance(decision, Preempt):
+            self._interrupt(job, "Preempted", f"preempted by {decision.preemptor}: {decision.reason}",
+                            [], now, count_restart=False)
+        else:
+            self._wait(job, decision.cause, decision.reason)
+
+    def _unservable(
+        self, job: Job, pool_name: str, pool: GPUPoolSpec,
+        queues: Mapping[str, tuple[TenantQueueSpec, dict[str, Any]]],
+    ) -> tuple[str, str] | None:
+        assert job.spec is not None
+        spec = job.spec
+        queue = queues.get(spec.queue)
+        if queue is None:
+            return "NoQueue", f"TenantQueue {spec.queue} does not exist"
+        q = queue[0]
+        ns_labels = (self.cache.store("namespaces").get("", job.ns) or {}).get("metadata", {}).get("labels") or {}
+        if job.ns not in q.namespaces and not (q.namespace_selector and q.namespace_selector.matches(ns_labels)):
+            return "NoQueue", f"TenantQueue {spec.queue} does not admit namespace {job.ns}"
+        if spec.topology and spec.topology.level not in pool.topology.levels:
+            return ("InvalidTopology", f"topology level {spec.topology.level} is not one of pool "
+                    f"{pool_name}'s levels {pool.topology.levels}")
+        res = spec.resources
+        if res.gpu_fraction is not None and pool.sharing.mode not in ("MPS", "TimeSlice"):
+            return ("SharingMismatch", f"gpuFraction needs an MPS or TimeSlice pool; {pool_name} "
+                    f"is {pool.sharing.mode}")
+        if res.mig_profile and pool.sharing.mode != "MIG":
+            return "SharingMismatch", f"migProfile needs a MIG pool; {pool_name} is {pool.sharing.mode}"
+        if res.mig_profile:
+            return "MIGNotReady", "MIG placement is not served by this operator version yet"
+        return None
+
+    def _wait(self, job: Job, cause: str, reason: str) -> None:
+        st = job.status.model_copy(deep=True)
+        phase = "Restarting" if st.phase == "Restarting" else "Queued"
+        self._transition(job, st, phase, "Admitted", "False", cause, reason,
+                         "Warning" if cause in ("NoQueue", "NoPool", "InvalidTopology",
+                                                "SharingMismatch", "InvalidRequest") else "Normal")
+
+    def _admit(self, job: Job, decision: Admit, now: float) -> None:
+        """Record the reservation (the ledger) before creating anything."""
+        assert job.spec is not None
+        st = job.status.model_copy(deep=True)
+        by_member = sorted(decision.placement.allocations, key=lambda a: int(a.member))
+        st.placement = [
+            ReplicaPlacement(
+                replica=int(a.member), node=a.node, devices=[s.index for s in a.devices],
+                gpu_milli=a.devices[0].milli if a.devices and a.devices[0].milli < WHOLE else None,
+            )
+            for a in by_member
+        ]
+        st.admitted_time = to_dt(now)
+        st.retry_after = None
+        created = ts(job.raw["metadata"].get("creationTimestamp"))
+        if created:
+            GANG_WAIT_SECONDS.labels(job.spec.pool, job.spec.queue).observe(max(0.0, now - created))
+        nodes = sorted({a.node for a in by_member})
+        self._transition(job, st, "Admitted", "Admitted", "True", "Admitted",
+                         f"{decision.reason or 'placed'}: {len(by_member)} replicas on "
+                         f"{len(nodes)} nodes ({', '.join(nodes[:8])}{' ...' if len(nodes) > 8 else ''})")
+
+    # --- queues --------------------------------------------------------------------------
+    def _queue_statuses(
+        self, jobs: list[Job], queues: Mapping[str, tuple[TenantQueueSpec, dict[str, Any]]],
+        pools: Mapping[str, GPUPoolSpec],
+    ) -> None:
+        if self.status_writer is None:
+            return
+        for name, (_, raw) in queues.items():
+            mine = [j for j in jobs if j.spec is not None and j.spec.queue == name]
+            usage: dict[str, float] = {}
+            for j in mine:
+                if j.status.phase in ACTIVE and j.spec is not None:
+                    usage[j.spec.pool] = usage.get(j.spec.pool, 0) + j.spec.replicas * j.spec.resources.gpu_milli / WHOLE
+            conditions: list[Condition] = []
+            prev = raw.get("status") or {}
+            for c in prev.get("conditions") or []:
+                try:
+                    conditions.append(Condition.model_validate(c))
+                except ValidationError:
+                    pass
+            status = {
+                "observedGeneration": raw["metadata"].get("generation"),
+                "usage": [{"pool": p, "gpus": round(g, 3)} for p, g in sorted(usage.items())],
+                "running": sum(1 for j in mine if j.status.phase in ACTIVE),
+                "pending": sum(1 for j in mine if j.status.phase in ("Queued", "Restarting")),
+                "conditions": [c.wire() for c in conditions],
+            }
+            if prev != status and self._queue_status.get(name) != status:
+                if self.status_writer.patch_status("tenantqueues", "", name, status):
+                    self._queue_status[name] = status

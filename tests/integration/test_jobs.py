@@ -1,0 +1,211 @@
+"""TrainingJob gangs on the real control plane: admission, binding, recovery, deletion."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.conftest import Cluster, OperatorProcess, wait_for
+from tests.integration.jobkit import (
+    condition,
+    device_load,
+    env_of,
+    job,
+    live_pods,
+    make_fleet,
+    make_job,
+    phase,
+    pods,
+    wait_running,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_gang_of_four_is_bound_together_with_torchrun_env(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    fleet = make_fleet(cluster, namespace)
+    make_job(cluster, namespace, fleet, "llama", replicas=4, gpus=8,
+             topology={"level": "wanka.io/rack", "mode": "Required"})
+    tj = wait_running(cluster, namespace, "llama")
+    members = live_pods(cluster, namespace, "llama")
+    assert len(members) == 4
+    assert all(p.spec.node_name for p in members)
+    placement = tj["status"]["placement"]
+    assert sorted(p["replica"] for p in placement) == [0, 1, 2, 3]
+    assert {p.spec.node_name for p in members} == {p["node"] for p in placement}
+    racks = {cluster.core.read_node(p.spec.node_name).metadata.labels["wanka.io/rack"] for p in members}
+    assert len(racks) == 1, "Required rack topology: one rack"
+    for pod in members:
+        env = env_of(pod)
+        rank = int(pod.metadata.labels["wanka.io/replica"])
+        assert env["RANK"] == env["NODE_RANK"] == str(rank)
+        assert env["WORLD_SIZE"] == "4" and env["LOCAL_WORLD_SIZE"] == "8"
+        assert env["MASTER_ADDR"] == f"llama-0.llama.{namespace}.svc"
+        assert env["MASTER_PORT"] == "29500"
+        assert env["WANKA_JOB"] == f"{namespace}/llama"
+        assert env["WANKA_RESTART_COUNT"] == "0" and env["WANKA_RESUME"] == "0"
+        assert env["WANKA_CHECKPOINT_DIR"] == "/ckpt"
+        assert pod.spec.scheduler_name == "wanka"
+        assert pod.spec.hostname == f"llama-{rank}" and pod.spec.subdomain == "llama"
+        assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "8"
+        assert pod.metadata.owner_references[0].kind == "TrainingJob"
+    svc = cluster.core.read_namespaced_service("llama", namespace)
+    assert svc.spec.cluster_ip == "None"
+    assert tj["status"]["replicasReady"] == 4 and tj["status"]["startTime"]
+    assert max(device_load(cluster, fleet.nodes).values()) == 1
+    reasons = [e.reason for e in cluster.events_for("llama", namespace)]
+    assert "Admitted" in reasons and "Running" in reasons
+
+
+def test_two_jobs_compete_for_the_last_capacity(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    fleet = make_fleet(cluster, namespace, nodes=4, racks=1)
+    make_job(cluster, namespace, fleet, "first", replicas=3, gpus=8,
+             labels={"wanka.io/sim": "succeed"}, annotations={"wanka.io/sim-delay": "6s"})
+    wait_running(cluster, namespace, "first")
+    make_job(cluster, namespace, fleet, "second", replicas=2, gpus=8)
+    wait_for(lambda: (c := condition(cluster, namespace, "second", "Admitted")) and c["status"] == "False"
+             and c["reason"] != "Queued", 10, what="second waits with a reason")
+    assert phase(cluster, namespace, "second") == "Queued"
+    cond = condition(cluster, namespace, "second", "Admitted")
+    assert cond is not None and "2" in cond["message"], cond
+    assert not live_pods(cluster, namespace, "second")
+    # The first finishes: its devices return, and the second runs.
+    wait_for(lambda: phase(cluster, namespace, "first") == "Succeeded", 20, what="first Succeeded")
+    wait_running(cluster, namespace, "second", 20)
+
+
+def test_failed_member_restarts_the_whole_gang_elsewhere_from_the_checkpoint(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    fleet = make_fleet(cluster, namespace, nodes=8, racks=2)
+    make_job(cluster, namespace, fleet, "resume", replicas=4, gpus=8,
+             restartPolicy={"maxRestarts": 3, "backoffSeconds": 0, "maxBackoffSeconds": 0})
+    wait_running(cluster, namespace, "resume")
+    first = {p.metadata.name: p.spec.node_name for p in live_pods(cluster, namespace, "resume")}
+    victim = sorted(first)[1]
+    bad_node = first[victim]
+    cluster.core.patch_namespaced_pod(victim, namespace, {"metadata": {"labels": {"wanka.io/sim": "fail"}}})
+
+    wait_for(lambda: (job(cluster, namespace, "resume").get("status") or {}).get("restarts") == 1, 15,
+             what="one restart")
+    tj = wait_running(cluster, namespace, "resume", 30)
+    new = live_pods(cluster, namespace, "resume")
+    assert len(new) == 4 and not set(first) & {p.metadata.name for p in new}
+    assert bad_node not in {p.spec.node_name for p in new}
+    assert bad_node in tj["status"]["excludedNodes"]
+    for pod in new:
+        env = env_of(pod)
+        assert env["WANKA_RESTART_COUNT"] == "1" and env["WANKA_RESUME"] == "1"
+        assert env["WANKA_CHECKPOINT_DIR"] == "/ckpt"
+    assert any(e.reason == "MemberFailed" for e in cluster.events_for("resume", namespace))
+
+
+def test_member_node_not_ready_restarts_the_gang(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    fleet = make_fleet(cluster, namespace, nodes=8, racks=2)
+    make_job(cluster, namespace, fleet, "nodefail", replicas=2, gpus=8,
+             restartPolicy={"backoffSeconds": 0, "maxBackoffSeconds": 0})
+    wait_running(cluster, namespace, "nodefail")
+    node = live_pods(cluster, namespace, "nodefail")[0].spec.node_name
+    cluster.core.patch_node(node, {"metadata": {"labels": {"wanka.io/sim-fail": "not-ready"}}})
+    wait_for(lambda: (job(cluster, namespace, "nodefail").get("status") or {}).get("restarts") == 1, 15,
+             what="restart after NotReady")
+    wait_running(cluster, namespace, "nodefail", 30)
+    assert node not in {p.spec.node_name for p in live_pods(cluster, namespace, "nodefail")}
+    cluster.core.patch_node(node, {"metadata": {"labels": {"wanka.io/sim-fail": None}}})
+
+
+def test_restart_limit_fails_the_job_with_the_reason(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    fleet = make_fleet(cluster, namespace, nodes=6, racks=1)
+    make_job(cluster, namespace, fleet, "doomed", replicas=2, gpus=8,
+             labels={"wanka.io/sim": "fail"}, annotations={"wanka.io/sim-delay": "300ms"},
+             restartPolicy={"maxRestarts": 2, "backoffSeconds": 0, "maxBackoffSeconds": 0})
+    wait_for(lambda: phase(cluster, namespace, "doomed") == "Failed", 45, what="Failed")
+    tj = job(cluster, namespace, "doomed")
+    assert tj["status"]["restarts"] == 2
+    failed = condition(cluster, namespace, "doomed", "Failed")
+    assert failed and failed["reason"] == "RestartLimitExceeded", failed
+    wait_for(lambda: not [p for p in pods(cluster, namespace, "doomed")
+                          if p.status.phase not in ("Failed", "Succeeded")], 10, what="no live pods")
+
+
+def test_no_retry_exit_code_fails_at_once(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    fleet = make_fleet(cluster, namespace, nodes=2, racks=1)
+    make_job(cluster, namespace, fleet, "badconfig", replicas=1, gpus=8,
+             labels={"wanka.io/sim": "fail"},
+             annotations={"wanka.io/sim-delay": "200ms", "wanka.io/sim-exit-code": "2"},
+             restartPolicy={"noRetryExitCodes": [2]})
+    wait_for(lambda: phase(cluster, namespace, "badconfig") == "Failed", 20, what="Failed")
+    failed = condition(cluster, namespace, "badconfig", "Failed")
+    assert failed and failed["reason"] == "NoRetryExitCode"
+    assert job(cluster, namespace, "badconfig")["status"]["restarts"] == 0
+
+
+def test_deleting_a_running_job_leaves_nothing_behind(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    fleet = make_fleet(cluster, namespace, nodes=4, racks=1)
+    make_job(cluster, namespace, fleet, "gone", replicas=2, gpus=8)
+    wait_running(cluster, namespace, "gone")
+    assert job(cluster, namespace, "gone")["metadata"]["finalizers"] == ["wanka.io/finalizer"]
+    cluster.delete("trainingjobs", "gone", namespace)
+
+    def nothing_left() -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        if pods(cluster, namespace, "gone"):
+            return False
+        for read in (cluster.core.read_namespaced_service, cluster.core.read_namespaced_config_map):
+            try:
+                read("gone" if read == cluster.core.read_namespaced_service else "gone-checkpoint", namespace)
+                return False
+            except ApiException:
+                pass
+        try:
+            job(cluster, namespace, "gone")
+            return False
+        except ApiException:
+            return True
+
+    wait_for(nothing_left, 20, what="no pod, Service, ConfigMap or job left")
+    wait_for(lambda: ((cluster.get("gpupools", fleet.pool).get("status") or {}).get("gpus") or {})
+             .get("free") == 32, 10, what="all 32 GPUs free again")
+
+
+def test_suspend_releases_and_resume_requeues(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    fleet = make_fleet(cluster, namespace, nodes=2, racks=1)
+    make_job(cluster, namespace, fleet, "pausable", replicas=2, gpus=8)
+    wait_running(cluster, namespace, "pausable")
+    cluster.custom.patch_namespaced_custom_object(
+        "wanka.io", "v1alpha1", namespace, "trainingjobs", "pausable", {"spec": {"suspend": True}})
+    wait_for(lambda: phase(cluster, namespace, "pausable") == "Suspended", 10, what="Suspended")
+    wait_for(lambda: not live_pods(cluster, namespace, "pausable"), 10, what="pods released")
+    cluster.custom.patch_namespaced_custom_object(
+        "wanka.io", "v1alpha1", namespace, "trainingjobs", "pausable", {"spec": {"suspend": False}})
+    wait_running(cluster, namespace, "pausable")
+
+
+def test_queue_and_pool_problems_are_explained(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    fleet = make_fleet(cluster, namespace, nodes=2, racks=1)
+    make_job(cluster, namespace, fleet, "badlevel", replicas=1, gpus=8,
+             topology={"level": "wanka.io/spine", "mode": "Required"})
+    cond = wait_for(lambda: (c := condition(cluster, namespace, "badlevel", "Admitted"))
+                    and c["reason"] == "InvalidTopology" and c, 10, what="InvalidTopology")
+    assert "wanka.io/spine" in cond["message"] and "wanka.io/rack" in cond["message"]
+    fleet.queue = "no-such-queue"
+    make_job(cluster, namespace, fleet, "noqueue", replicas=1, gpus=8)
+    cond = wait_for(lambda: (c := condition(cluster, namespace, "noqueue", "Admitted"))
+                    and c["reason"] == "NoQueue" and c, 10, what="NoQueue")
+    assert "no-such-queue" in cond["message"]
