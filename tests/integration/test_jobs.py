@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 
 from tests.integration.conftest import Cluster, OperatorProcess, wait_for
@@ -17,6 +20,8 @@ from tests.integration.jobkit import (
     pods,
     wait_running,
 )
+
+from wanka.sdk import Reporter, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -209,3 +214,31 @@ def test_queue_and_pool_problems_are_explained(
     cond = wait_for(lambda: (c := condition(cluster, namespace, "noqueue", "Admitted"))
                     and c["reason"] == "NoQueue" and c, 10, what="NoQueue")
     assert "no-such-queue" in cond["message"]
+
+
+def test_checkpoint_reports_only_through_the_jobs_own_configmap(
+    cluster: Cluster, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    fleet = make_fleet(cluster, namespace, nodes=4, racks=1)
+    for name in ("ckpt", "other"):
+        make_job(cluster, namespace, fleet, name, replicas=1, gpus=8)
+    wait_running(cluster, namespace, "ckpt")
+    wait_running(cluster, namespace, "other")
+    token = cluster.core.create_namespaced_service_account_token(
+        "ckpt-wanka", namespace, {"spec": {"expirationSeconds": 600}}).status.token
+    sa_dir = tmp_path / "sa"
+    sa_dir.mkdir()
+    (sa_dir / "token").write_text(token)
+    (sa_dir / "ca.crt").write_bytes((cluster.local.state_dir / "pki" / "ca.crt").read_bytes())
+    (sa_dir / "namespace").write_text(namespace)
+    server = cluster.api.configuration.host
+
+    mine = Reporter(Settings(namespace=namespace, configmap="ckpt-checkpoint"), sa_dir, server)
+    assert mine.report(1200, "/ckpt/step-00001200", time.time())
+    ckpt = wait_for(lambda: (job(cluster, namespace, "ckpt").get("status") or {}).get("lastCheckpoint"),
+                    10, what="lastCheckpoint mirrored")
+    assert ckpt["step"] == 1200 and ckpt["path"] == "/ckpt/step-00001200"
+    # The same token cannot touch another job's map (Role with resourceNames).
+    theirs = Reporter(Settings(namespace=namespace, configmap="other-checkpoint"), sa_dir, server)
+    assert not theirs.report(5, "/x", time.time())
+    assert cluster.core.read_namespaced_config_map("other-checkpoint", namespace).data in (None, {})

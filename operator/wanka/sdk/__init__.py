@@ -1,1 +1,6 @@
-"""wanka.sdk."""
+"""Training-side helpers: atomic checkpoints, validated resume, progress reports, SIGTERM."""
+
+from wanka.sdk.checkpoint import Checkpoint, CheckpointDir, CorruptCheckpoint
+from wanka.sdk.runtime import GracefulStop, Reporter, Settings
+
+__all__ = ["Checkpoint", "CheckpointDir", "CorruptCheckpoint", "GracefulStop", "Reporter", "Settings"]
