@@ -133,9 +133,14 @@ def _has_sa(cluster: Cluster, ns: str) -> bool:
 class OperatorProcess:
     """`wanka run` as a child process against the session cluster."""
 
-    def __init__(self, cluster: Cluster, log_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, cluster: Cluster, log_dir: Path, env: dict[str, str] | None = None,
+        args: list[str] | None = None, kubeconfig: Path | None = None,
+    ) -> None:
         self.cluster = cluster
         self.extra_env = env or {}
+        self.extra_args = args or []
+        self.kubeconfig = kubeconfig or cluster.kubeconfig
         self.log_path = log_dir / f"operator-{uuid.uuid4().hex[:6]}.log"
         self.metrics_port = free_port()
         self.health_port = free_port()
@@ -146,9 +151,10 @@ class OperatorProcess:
                    **self.extra_env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "wanka.cli", "run", "--kubeconfig", str(self.cluster.kubeconfig),
+                [sys.executable, "-m", "wanka.cli", "run", "--kubeconfig", str(self.kubeconfig),
                  "--metrics-port", str(self.metrics_port), "--metrics-addr", "127.0.0.1",
-                 "--health-port", str(self.health_port), "--health-addr", "127.0.0.1"],
+                 "--health-port", str(self.health_port), "--health-addr", "127.0.0.1",
+                 *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             )
         wait_for(self._healthy, 30, what="operator liveness endpoint")

@@ -19,6 +19,7 @@ from wanka.cluster.health import ApiNodePatcher, HealthReconciler
 from wanka.cluster.jobio import JobIO
 from wanka.cluster.jobs import JobReconciler
 from wanka.cluster.kube import api_client, connection_settings, list_all
+from wanka.cluster.leader import LeaseElector
 from wanka.cluster.pools import PoolReconciler
 from wanka.cluster.writer import EventRecorder, StatusWriter
 from wanka.core.accounting import PoolSummary
@@ -28,15 +29,18 @@ log = logging.getLogger("wanka")
 DEBOUNCE_SECONDS = 0.05
 HEALTH_PERIOD_SECONDS = 1.0
 RESYNC_SECONDS = 300.0
+LEASE_RENEW_SECONDS = 3.0
 
 
 @dataclass
 class Runtime:
-    """Everything the handlers share, kept in kopf's memo."""
+    """Everything the handlers share."""
 
     cache: FleetCache = field(default_factory=FleetCache)
     summaries: dict[str, PoolSummary] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    elector: LeaseElector | None = None
+    lease: tuple[str, str] | None = None  # (namespace, name) when --leader-elect
 
 
 RUNTIME = Runtime()
@@ -116,8 +120,13 @@ async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 
     jobs = JobReconciler(RUNTIME.cache, JobIO(api), events, status_writer=StatusWriter(api))
     last_sync = [0.0]
+    if RUNTIME.lease is not None:
+        RUNTIME.elector = LeaseElector(api, *RUNTIME.lease)
+        RUNTIME.tasks.append(asyncio.create_task(_elect(RUNTIME.elector, last_sync)))
 
     def fleet_pass() -> None:
+        if RUNTIME.elector is not None and not RUNTIME.elector.is_leader:
+            return  # a standby keeps its cache warm and acts only once it holds the lease
         # A full LIST first and then every few minutes: the reservation ledger (admitted jobs'
         # status) must be complete before anything is placed, and a missed watch event
         # must not leave a phantom object in the cache for long.
@@ -134,12 +143,25 @@ async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         _loop("fleet", RUNTIME.cache.subscribe(), fleet_pass, period=HEALTH_PERIOD_SECONDS)))
 
 
+async def _elect(elector: LeaseElector, last_sync: list[float]) -> None:
+    """Renew (or try to take) the lease every few seconds."""
+    while True:
+        was = elector.is_leader
+        now_leader = await asyncio.to_thread(elector.tick)
+        if now_leader and not was:
+            last_sync[0] = 0.0  # a new leader re-lists everything before its first decision
+            RUNTIME.cache.wake()
+        await asyncio.sleep(LEASE_RENEW_SECONDS)
+
+
 @kopf.on.cleanup()
 async def operator_cleanup(**_: Any) -> None:
     for task in RUNTIME.tasks:
         task.cancel()
     await asyncio.gather(*RUNTIME.tasks, return_exceptions=True)
     RUNTIME.tasks.clear()
+    if RUNTIME.elector is not None:
+        await asyncio.to_thread(RUNTIME.elector.release)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -157,10 +179,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_addr)
     register_pool_collector(lambda: dict(RUNTIME.summaries))
+    if args.leader_elect:
+        namespace = args.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
+        RUNTIME.lease = (namespace, args.lease_name)
     kopf.run(
         clusterwide=True,
-        standalone=args.peering is None,
-        peering_name=args.peering,
+        # Leadership is ours (a Lease), not kopf's peering: every replica watches, one acts.
+        standalone=True,
         liveness_endpoint=f"http://{args.health_addr}:{args.health_port}/healthz"
         if args.health_port
         else None,
@@ -175,9 +200,11 @@ def register(sub: Any) -> None:
     parser.add_argument("--metrics-addr", default="0.0.0.0")
     parser.add_argument("--health-port", type=int, default=8080, help="0 disables")
     parser.add_argument("--health-addr", default="0.0.0.0")
-    parser.add_argument("--peering", default=None,
-                        help="kopf peering name for leader election between replicas; "
-                             "unset runs standalone")
+    parser.add_argument("--leader-elect", action="store_true",
+                        help="run as one of several replicas: only the Lease holder acts")
+    parser.add_argument("--lease-namespace", default=None,
+                        help="namespace of the Lease (default: $POD_NAMESPACE, else default)")
+    parser.add_argument("--lease-name", default="wanka-operator")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     parser.add_argument("--verbose", action="store_true")
     parser.set_defaults(func=_run)
