@@ -1,18 +1,17 @@
-"""`make demo`: a local control plane, 16 simulated 8-GPU nodes in 2 racks, a pool, the operator.
+"""`make demo`: a local control plane, 16 simulated 8-GPU nodes in 2 racks, a pool, the operator,
+then a 4 x 8-GPU training gang that loses a member and resumes from its checkpoint.
 
-Prints the pool as a table and exits 0, leaving nothing running (unless --keep).
+Prints the pool and the job as they go and exits 0, leaving nothing running (unless --keep).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -20,110 +19,138 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "operator"))
 
 from wanka.cluster.dev import create_nodes  # noqa: E402
-from wanka.cluster.kube import api_client  # noqa: E402
-from wanka.cluster.localcluster import ClusterStartError, LocalCluster, free_port  # noqa: E402
-from wanka.cluster.status_cli import render  # noqa: E402
+from wanka.cluster.devenv import create, devenv  # noqa: E402
+from wanka.cluster.localcluster import ClusterStartError  # noqa: E402
+from wanka.cluster.status_cli import render, table  # noqa: E402
 
 STATE = REPO / ".wanka"
+NS = "team-a"
 POOL = {
-    "apiVersion": "wanka.io/v1alpha1",
-    "kind": "GPUPool",
-    "metadata": {"name": "h100-a"},
+    "apiVersion": "wanka.io/v1alpha1", "kind": "GPUPool", "metadata": {"name": "h100-a"},
     "spec": {
         "nodeSelector": {"matchLabels": {"wanka.io/pool": "h100-a"}},
         "accelerator": {"resourceName": "nvidia.com/gpu", "model": "H100-80GB", "memoryGiB": 80},
         "topology": {"levels": ["wanka.io/rack"]},
     },
 }
+QUEUE = {
+    "apiVersion": "wanka.io/v1alpha1", "kind": "TenantQueue", "metadata": {"name": NS},
+    "spec": {"namespaces": [NS], "quotas": [{"pool": "h100-a", "gpus": 64}]},
+}
+JOB = {
+    "apiVersion": "wanka.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": "llama-7b"},
+    "spec": {
+        "pool": "h100-a", "queue": NS, "replicas": 4, "resources": {"gpus": 8},
+        "topology": {"level": "wanka.io/rack", "mode": "Required"},
+        "restartPolicy": {"maxRestarts": 5, "backoffSeconds": 1, "maxBackoffSeconds": 10},
+        "template": {"spec": {"terminationGracePeriodSeconds": 5, "containers": [
+            {"name": "train", "image": "trainer:1",
+             "resources": {"requests": {"cpu": "8", "memory": "64Gi"}}}]}},
+    },
+}
 
 
 def step(msg: str) -> None:
-    print(f"==> {msg}", flush=True)
+    print(f"\n==> {msg}", flush=True)
 
 
-def install_crds(api: client.ApiClient) -> None:
-    ext = client.ApiextensionsV1Api(api)
-    for path in sorted((REPO / "crds").glob("*.yaml")):
-        body = yaml.safe_load(path.read_text())
-        try:
-            ext.create_custom_resource_definition(body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-    for path in sorted((REPO / "crds").glob("*.yaml")):
-        name = yaml.safe_load(path.read_text())["metadata"]["name"]
-        for _ in range(100):
-            crd = ext.read_custom_resource_definition(name)
-            if any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or []):
-                break
-            time.sleep(0.1)
-
-
-def wait_pool(api: client.ApiClient, want_total: int, timeout: float = 30) -> dict[str, object]:
-    custom = client.CustomObjectsApi(api)
+def wait(what: str, check: Any, timeout: float = 60) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pool = custom.get_cluster_custom_object("wanka.io", "v1alpha1", "gpupools", "h100-a")
-        if ((pool.get("status") or {}).get("gpus") or {}).get("total") == want_total:
-            return dict(pool)
+        value = check()
+        if value:
+            return value
         time.sleep(0.3)
-    raise SystemExit(f"the pool did not report {want_total} GPUs within {timeout}s")
+    raise SystemExit(f"demo: timed out waiting for {what}")
+
+
+def job_status(api: client.ApiClient) -> dict[str, Any]:
+    tj = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        "wanka.io", "v1alpha1", NS, "trainingjobs", "llama-7b")
+    return dict(tj.get("status") or {})
+
+
+def show_job(api: client.ApiClient) -> None:
+    st = job_status(api)
+    print(table(["JOB", "PHASE", "READY", "RESTARTS", "EXCLUDED", "NODES"], [[
+        "llama-7b", st.get("phase"), st.get("replicasReady"), st.get("restarts"),
+        ",".join(st.get("excludedNodes") or []) or "-",
+        ",".join(p["node"] for p in st.get("placement") or []) or "-",
+    ]]))
+
+
+def show_events(api: client.ApiClient) -> None:
+    events = client.CoreV1Api(api).list_namespaced_event(NS).items
+    rows = [[e.type, e.reason, e.message] for e in sorted(
+        (e for e in events if e.involved_object.name == "llama-7b"),
+        key=lambda e: (e.first_timestamp or e.event_time or 0, e.metadata.resource_version))]
+    print(table(["TYPE", "REASON", "MESSAGE"], rows))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keep", action="store_true", help="leave the cluster and operator running")
     args = parser.parse_args()
-
-    cluster = LocalCluster(STATE / "cluster")
-    operator: subprocess.Popen[bytes] | None = None
-    step("starting the local control plane (etcd, kube-apiserver, controller-manager, kwok)")
+    step("starting the local control plane (etcd, kube-apiserver, controller-manager, kwok), "
+         "the CRDs and the operator")
     try:
-        kubeconfig = cluster.up()
+        env_cm = devenv(STATE, keep=args.keep)
+        env = env_cm.__enter__()
     except ClusterStartError as exc:
         print(exc, file=sys.stderr)
         return 1
-    (STATE / "kubeconfig").write_text(kubeconfig.read_text())
     try:
-        api = api_client(kubeconfig)
-        step("installing the CRDs from crds/")
-        install_crds(api)
-        step("creating 16 simulated nodes with 8 H100 each, in 2 racks")
+        api = env.api
+        (STATE / "kubeconfig").write_text(env.cluster.kubeconfig.read_text())
+        step("16 simulated nodes with 8 H100 each in 2 racks; GPUPool h100-a; TenantQueue team-a")
         create_nodes(api, 16, 8, "H100-80GB", 2, prefix="gpu", labels={"wanka.io/pool": "h100-a"})
-        step("creating GPUPool h100-a")
+        create(api, "gpupools", POOL)
+        create(api, "tenantqueues", QUEUE)
         try:
-            client.CustomObjectsApi(api).create_cluster_custom_object(
-                "wanka.io", "v1alpha1", "gpupools", POOL)
+            client.CoreV1Api(api).create_namespace({"metadata": {"name": NS}})
         except ApiException as exc:
             if exc.status != 409:
                 raise
-        step("starting the operator (wanka run)")
-        log = open(STATE / "operator.log", "ab")  # noqa: SIM115 - the child owns it
-        env = dict(os.environ, PYTHONPATH=str(REPO / "operator"))
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "wanka.cli", "run", "--kubeconfig", str(kubeconfig),
-             "--metrics-port", str(free_port()), "--health-port", str(free_port()),
-             "--metrics-addr", "127.0.0.1", "--health-addr", "127.0.0.1"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=args.keep,
-        )
-        wait_pool(api, 128)
+        wait("16 healthy nodes in the pool", lambda: (client.CustomObjectsApi(api).get_cluster_custom_object(
+            "wanka.io", "v1alpha1", "gpupools", "h100-a").get("status") or {}).get("nodes", {}).get("healthy") == 16)
+        print(render(api))
+
+        step("TrainingJob llama-7b: 4 replicas x 8 GPUs, all in one rack")
+        wait("the default ServiceAccount", lambda: _has_default_sa(api))
+        create(api, "trainingjobs", JOB, NS)
+        wait("the gang to run", lambda: job_status(api).get("phase") == "Running")
+        show_job(api)
+
+        pods = client.CoreV1Api(api).list_namespaced_pod(NS, label_selector="wanka.io/job=llama-7b").items
+        victim = sorted(pods, key=lambda p: p.metadata.name)[1]
+        step(f"replica 1 ({victim.metadata.name} on {victim.spec.node_name}) crashes")
+        client.CoreV1Api(api).patch_namespaced_pod(
+            victim.metadata.name, NS, {"metadata": {"labels": {"wanka.io/sim": "fail"}}})
+        wait("the restart", lambda: job_status(api).get("restarts") == 1)
+        show_job(api)
+        wait("the gang to run again", lambda: job_status(api).get("phase") == "Running", 90)
+        step("the whole gang runs again from its checkpoint (WANKA_RESUME=1), avoiding the bad node")
+        show_job(api)
+        show_events(api)
         step("pool status")
         print(render(api))
         if args.keep:
-            print(f"\nleft running; export KUBECONFIG={STATE / 'kubeconfig'}; operator pid "
-                  f"{operator.pid}, log {STATE / 'operator.log'}; `make cluster-down` stops it")
+            print(f"\nleft running: export KUBECONFIG={STATE / 'kubeconfig'}; "
+                  f"operator log {env.operator.log}; `make cluster-down` stops the cluster")
         return 0
     finally:
+        env_cm.__exit__(None, None, None)
         if not args.keep:
-            if operator is not None:
-                operator.terminate()
-                try:
-                    operator.wait(15)
-                except subprocess.TimeoutExpired:
-                    operator.kill()
-            cluster.down()
             (STATE / "kubeconfig").unlink(missing_ok=True)
             step("stopped everything")
+
+
+def _has_default_sa(api: client.ApiClient) -> bool:
+    try:
+        client.CoreV1Api(api).read_namespaced_service_account("default", NS)
+    except ApiException:
+        return False
+    return True
 
 
 if __name__ == "__main__":
