@@ -13,6 +13,7 @@ SUBCOMMANDS: dict[str, str] = {
     "dev": "wanka.cluster.dev",
     "status": "wanka.cluster.status_cli",
     "crds": "wanka.api.crdgen",
+    "simulate": "wanka.sim.cli",
     "agent": "wanka.agent.cli",
 }
 

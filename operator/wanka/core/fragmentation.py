@@ -1,0 +1,279 @@
+"""Fragmentation measures: how much free GPU capacity a node strands for a workload of shapes.
+
+Two measures over the same hashable `NodeState`:
+
+- `fgd_fragmentation`: the measure of the FGD paper (Weng et al., ATC'23). For each typical
+  task shape, a node that can host one copy strands only its GPU slivers smaller than the
+  shape's per-GPU share; a node that cannot host it (too little GPU or CPU, wrong model, or a
+  CPU-only shape) strands all of its free GPU. Weighted by shape frequency.
+- `wanka_fragmentation`: FGD's measure plus, for shapes that fit, the free GPU capacity the
+  node's CPU cannot feed: a node with eight free GPUs and CPU for only two more tasks strands
+  six GPUs for that shape, which FGD's one-copy test does not see.
+- `stranded_milli`: what the operator reports: free capacity no pending shape could use.
+
+Units: milli-GPU (1000 = one device), millicores, MiB.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from wanka.core.snapshot import WHOLE, Node, Snapshot
+
+_NO_LIMIT = 1 << 30  # stands for "unbounded" in copy counts; far above any real count
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """What a node has free, and nothing else: the key of every score and fragmentation cache.
+
+    `free` holds the milli-GPU a NEW allocation could use on each device, by device index:
+    0 for unhealthy devices, devices held by pods we do not place, and devices that reached
+    the pool's share limit, so every policy and measure sees the same usable capacity.
+    """
+
+    model: str
+    cpu_free: int
+    memory_free: int
+    free: tuple[int, ...]
+    # Free GPU memory per device in MiB; empty when devices do not report memory.
+    gpu_memory_free: tuple[int, ...] = ()
+    # Kinds of GPU work on the node ("share", "1-gpu", "8-gpu"): GPU clustering reads them.
+    tags: frozenset[str] = frozenset()
+
+    @property
+    def free_total(self) -> int:
+        return sum(self.free)
+
+    @property
+    def whole_free(self) -> int:
+        return sum(1 for f in self.free if f == WHOLE)
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """A task shape of the target workload: per-GPU milli, GPU count, CPU and allowed models."""
+
+    cpu_milli: int
+    gpu_milli: int  # per device: < 1000 a share of one device, 1000 whole devices, 0 CPU-only
+    gpus: int
+    models: frozenset[str] = frozenset()  # empty: any model
+    memory_mib: int = 0  # not part of FGD's key; Wanka's fill measure may use a typical value
+
+    def allows(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """A distribution of task shapes (frequencies sum to 1), e.g. the pending or typical tasks."""
+
+    shapes: tuple[tuple[Shape, float], ...] = ()
+
+    @classmethod
+    def from_shapes(cls, shapes: Iterable[Shape], coverage: float = 0.95) -> Workload:
+        """The most frequent shapes that together cover `coverage` of all, renormalised.
+
+        Ties in frequency keep a stable order (by CPU, GPU share, count, models), as FGD's
+        simulator does, so the cut is reproducible.
+        """
+        counts = Counter(shapes)
+        total = sum(counts.values())
+        if total == 0:
+            return cls()
+        ordered = sorted(
+            counts.items(),
+            key=lambda kv: (
+                -kv[1],
+                -kv[0].cpu_milli,
+                -kv[0].gpu_milli,
+                -kv[0].gpus,
+                sorted(kv[0].models),
+            ),
+        )
+        kept: list[tuple[Shape, int]] = []
+        covered = 0
+        for shape, n in ordered:
+            if covered >= coverage * total:
+                break
+            kept.append((shape, n))
+            covered += n
+        return cls(tuple((s, n / covered) for s, n in kept))
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+
+def _hosts(state: NodeState, shape: Shape) -> bool:
+    """Whether one copy of `shape` fits on the node's GPUs and CPU (FGD's test; memory ignored)."""
+    if state.cpu_free < shape.cpu_milli or not shape.allows(state.model):
+        return False
+    need = shape.gpus
+    for f in state.free:
+        if f >= shape.gpu_milli:
+            need -= 1
+            if need <= 0:
+                return True
+    return False
+
+
+def fgd_fragmentation(state: NodeState, workload: Workload) -> float:
+    """FGD's expected fragmented milli-GPU of one node under `workload`."""
+    total = sum(state.free)
+    if total == 0:
+        return 0.0
+    frag = 0.0
+    for shape, p in workload.shapes:
+        if shape.gpus == 0 or not _hosts(state, shape):
+            frag += p * total
+        else:
+            frag += p * sum(f for f in state.free if f < shape.gpu_milli)
+    return frag
+
+
+def fill_copies(state: NodeState, shape: Shape) -> int:
+    """How many copies of `shape` the node could still take, all constraints together."""
+    if shape.gpus == 0 or not shape.allows(state.model):
+        return 0
+    by_cpu = state.cpu_free // shape.cpu_milli if shape.cpu_milli > 0 else _NO_LIMIT
+    by_mem = state.memory_free // shape.memory_mib if shape.memory_mib > 0 else _NO_LIMIT
+    return min(by_cpu, by_mem, _gpu_copies(state, shape))
+
+
+def _gpu_copies(state: NodeState, shape: Shape) -> int:
+    if shape.gpu_milli >= WHOLE:
+        return sum(1 for f in state.free if f >= WHOLE) // shape.gpus
+    return sum(f // shape.gpu_milli for f in state.free)
+
+
+def shape_stranded(state: NodeState, shape: Shape) -> int:
+    """Free milli-GPU left over after filling the node with copies of `shape`."""
+    return sum(state.free) - fill_copies(state, shape) * shape.gpu_milli * shape.gpus
+
+
+def wanka_fragmentation(state: NodeState, workload: Workload, cpu_weight: float = 0.1) -> float:
+    """FGD's measure plus the GPU capacity a shape could use but the node's CPU cannot feed.
+
+    FGD's one-copy test calls a node with eight free GPUs and CPU for two more tasks "fine";
+    here the six GPUs the CPU cannot serve count, weighted by `cpu_weight` because other
+    shapes with less CPU per GPU may still use them.
+    """
+    total = sum(state.free)
+    if total == 0:
+        return 0.0
+    frag = 0.0
+    for shape, p in workload.shapes:
+        if shape.gpus == 0 or not _hosts(state, shape):
+            frag += p * total
+            continue
+        slivers = sum(f for f in state.free if f < shape.gpu_milli)
+        by_gpu = _gpu_copies(state, shape)
+        by_cpu = state.cpu_free // shape.cpu_milli if shape.cpu_milli > 0 else by_gpu
+        if by_gpu > by_cpu:
+            starved = total - slivers - by_cpu * shape.gpu_milli * shape.gpus
+            frag += p * (slivers + cpu_weight * max(starved, 0))
+        else:
+            frag += p * slivers
+    return frag
+
+
+def stranded_milli(states: Iterable[NodeState], shapes: Sequence[Shape]) -> int:
+    """Free milli-GPU that no single one of `shapes` could use, summed over nodes.
+
+    This is the number the operator reports as `status.gpus.stranded`: capacity that is free
+    but, given the pending request shapes, unusable until something departs.
+    """
+    gpu_shapes = [s for s in shapes if s.gpus > 0]
+    stranded = 0
+    for state in states:
+        total = sum(state.free)
+        if total == 0:
+            continue
+        if not gpu_shapes:
+            stranded += total
+            continue
+        stranded += min(shape_stranded(state, s) for s in gpu_shapes)
+    return stranded
+
+
+def node_state(
+    node: Node,
+    max_shares_per_device: int | None = None,
+    tags: frozenset[str] = frozenset(),
+) -> NodeState:
+    """The free-capacity view of a snapshot node that placement and measures read."""
+    opaque_left = node.opaque_gpus
+    free: list[int] = []
+    memory: list[int] = []
+    for dev in node.devices:
+        usable = dev.free_milli if dev.healthy else 0
+        if usable == WHOLE and dev.idle and opaque_left > 0:
+            # Pods we do not place hold some idle devices; the device plugin picks which.
+            opaque_left -= 1
+            usable = 0
+        if max_shares_per_device is not None and dev.shares >= max_shares_per_device:
+            usable = 0
+        free.append(usable)
+        memory.append(dev.free_memory_mib if dev.memory_mib > 0 else 0)
+    has_memory = any(d.memory_mib > 0 for d in node.devices)
+    return NodeState(
+        model=node.model,
+        cpu_free=node.free_cpu_milli,
+        memory_free=node.free_memory_mib,
+        free=tuple(free),
+        gpu_memory_free=tuple(memory) if has_memory else (),
+        tags=tags,
+    )
+
+
+def work_tag(gpu_milli: int, gpus: int) -> str | None:
+    """The kind of GPU work an allocation is, as GPU clustering groups it; None for CPU-only."""
+    if gpus <= 0 or gpu_milli <= 0:
+        return None
+    if gpus == 1 and gpu_milli < WHOLE:
+        return "share"
+    return f"{gpus}-gpu"
+
+
+def node_tags(snapshot: Snapshot) -> Mapping[str, frozenset[str]]:
+    """The kinds of GPU work on each node, from the snapshot's allocations."""
+    tags: dict[str, set[str]] = {}
+    for alloc in snapshot.allocations.values():
+        if alloc.devices:
+            milli = max(s.milli for s in alloc.devices)
+            tag = work_tag(milli, len(alloc.devices))
+        else:
+            tag = work_tag(WHOLE, alloc.opaque_gpus)
+        if tag is not None:
+            tags.setdefault(alloc.node, set()).add(tag)
+    return {name: frozenset(t) for name, t in tags.items()}
+
+
+def snapshot_states(
+    snapshot: Snapshot, max_shares_per_device: int | None = None
+) -> dict[str, NodeState]:
+    """A `NodeState` per schedulable node of the snapshot."""
+    tags = node_tags(snapshot)
+    return {
+        name: node_state(node, max_shares_per_device, tags.get(name, frozenset()))
+        for name, node in snapshot.nodes.items()
+        if node.schedulable
+    }
+
+
+def snapshot_stranded(
+    snapshot: Snapshot, pending: Sequence[Shape], max_shares_per_device: int | None = None
+) -> int:
+    """Stranded milli-GPU of a whole snapshot for the pending shapes (see `stranded_milli`).
+
+    Capacity locked by the share limit counts as stranded too: it is free but unusable.
+    """
+    states = snapshot_states(snapshot, max_shares_per_device)
+    locked = 0
+    for name in states:
+        node = snapshot.nodes[name]
+        healthy_free = sum(d.free_milli for d in node.devices if d.healthy)
+        locked += healthy_free - node.opaque_gpus * WHOLE - sum(states[name].free)
+    return stranded_milli(states.values(), pending) + max(locked, 0)
