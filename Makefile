@@ -30,10 +30,10 @@ cluster-down: venv ## stop every process cluster-up started and remove its state
 	$(VPY) -m wanka.cli dev down --state-dir .wanka
 
 crds: venv ## regenerate crds/ (and the chart's copy) from the API models
-	$(VPY) -m wanka.cli crds --out crds
+	$(VPY) -m wanka.cli crds --out crds --out charts/wanka/crds
 
 crds-check: venv ## fail if crds/ is stale
-	$(VPY) -m wanka.cli crds --out crds --check
+	$(VPY) -m wanka.cli crds --out crds --out charts/wanka/crds --check
 
 lint: venv ## import layering contract and stale CRDs
 	$(VENV)/bin/lint-imports

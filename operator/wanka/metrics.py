@@ -66,6 +66,8 @@ class PoolCollector(Collector):
         pools = self.source()
         gpus = GaugeMetricFamily("wanka_pool_gpus", "GPUs of a pool by state", labels=["pool", "state"])
         nodes = GaugeMetricFamily("wanka_pool_nodes", "Nodes of a pool by health", labels=["pool", "health"])
+        devices = GaugeMetricFamily("wanka_pool_devices", "Devices of a pool by use",
+                                    labels=["pool", "use"])
         for name, s in sorted(pools.items()):
             for state, value in (
                 ("total", s.gpus_total), ("allocatable", s.gpus_allocatable),
@@ -78,8 +80,12 @@ class PoolCollector(Collector):
                 ("recovering", s.nodes_recovering), ("quarantined", s.nodes_quarantined),
             ):
                 nodes.add_metric([name, health], float(count))
+            for use, count in (("idle", max(0, s.devices_idle)), ("shared", s.devices_shared),
+                               ("full", s.devices_full), ("unhealthy", s.sick_devices)):
+                devices.add_metric([name, use], float(count))
         yield gpus
         yield nodes
+        yield devices
 
 
 def register_pool_collector(

@@ -193,6 +193,15 @@ class GPUCounts(WankaModel):
     )
 
 
+class DeviceCounts(WankaModel):
+    """Devices of the pool by how they are used."""
+
+    idle: int = Field(default=0, description="Healthy devices with nothing on them (whole).")
+    shared: int = Field(default=0, description="Healthy devices partly allocated to shares.")
+    full: int = Field(default=0, description="Healthy devices fully allocated.")
+    unhealthy: int = Field(default=0, description="Devices excluded as sick.")
+
+
 class ModelCount(WankaModel):
     """Devices of one model."""
 
@@ -207,6 +216,7 @@ class GPUPoolStatus(WankaModel):
     observed_generation: int | None = Field(default=None, description="Spec generation seen.")
     nodes: NodeCounts = Field(default_factory=NodeCounts, description="Nodes by health.")
     gpus: GPUCounts = Field(default_factory=GPUCounts, description="Device accounting.")
+    devices: DeviceCounts = Field(default_factory=DeviceCounts, description="Devices by use.")
     models: list[ModelCount] = Field(
         default_factory=list, max_length=64, description="Per-model breakdown."
     )

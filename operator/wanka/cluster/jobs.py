@@ -49,8 +49,9 @@ from wanka.cluster.translate import (
     node_ready,
     pod_requests,
 )
-from wanka.core.queueing import Admit, PoolQuota, Preempt, QueueSpec, Wait, schedule
+from wanka.core.queueing import Admit, PoolQuota, Preempt, QueueSpec, SchedulerConfig, Wait, schedule
 from wanka.core.requests import GangRequest, InvalidRequest
+from wanka.core.sharing import FragmentationAwareShares, workload_of
 from wanka.core.snapshot import WHOLE, Allocation, DeviceShare
 from wanka.metrics import (
     BINDS,
@@ -617,8 +618,13 @@ class JobReconciler:
         ) for name, (q, _) in queues.items()]
         if not requests:
             return
+        shares = FragmentationAwareShares(
+            max_shares_per_device=pool.sharing.max_shares_per_device,
+            workload=workload_of([*requests, *running]),
+        )
         started = time.perf_counter()
-        result = schedule(view.snapshot, queue_specs, requests, running, now)
+        result = schedule(view.snapshot, queue_specs, requests, running, now,
+                          config=SchedulerConfig(slice_policy=shares))
         SCHEDULE_SECONDS.labels(pool_name).observe(time.perf_counter() - started)
         by_key = {j.key: j for j in jobs}
         for decision in result.decisions:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -11,10 +11,21 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from wanka.api.common import Condition, now_utc, set_condition
-from wanka.api.gpupool import GPUCounts, GPUPoolSpec, GPUPoolStatus, ModelCount, NodeCounts
+from wanka.api.gpupool import (
+    DeviceCounts,
+    GPUCounts,
+    GPUPoolSpec,
+    GPUPoolStatus,
+    ModelCount,
+    NodeCounts,
+)
 from wanka.cluster.cache import FleetCache
 from wanka.cluster.translate import PoolView, build_pool_snapshot
+from wanka.api.trainingjob import TrainingJobSpec
+from wanka.cluster.translate import pod_requests
 from wanka.core.accounting import PoolSummary, summarize
+from wanka.core.fragmentation import Shape, snapshot_stranded
+from wanka.core.snapshot import WHOLE
 from wanka.core.health import PoolCondition
 
 log = logging.getLogger(__name__)
@@ -38,6 +49,28 @@ def invalid_message(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in err["loc"])
         parts.append(f"spec.{where}: {err['msg']}")
     return "; ".join(parts)
+
+
+def pool_shapes(jobs: Iterable[Mapping[str, Any]], pool: str, spec: GPUPoolSpec) -> list[Shape]:
+    """The request shapes of a pool's unfinished jobs: what its free capacity must serve.
+    Free capacity none of them can use is stranded."""
+    shapes = set()
+    for job in jobs:
+        raw_spec = job.get("spec") or {}
+        phase = (job.get("status") or {}).get("phase")
+        if raw_spec.get("pool") != pool or phase in ("Succeeded", "Failed", "Suspended"):
+            continue
+        try:
+            tj = TrainingJobSpec.model_validate(raw_spec)
+        except ValidationError:
+            continue
+        cpu = pod_requests({"spec": tj.template.wire()["spec"]}, spec.accelerator.resource_name)[0]
+        res = tj.resources
+        if res.gpu_fraction is not None:
+            shapes.add(Shape(cpu, res.gpu_milli, 1))
+        elif res.gpus:
+            shapes.add(Shape(cpu, WHOLE, res.gpus))
+    return sorted(shapes, key=lambda s: (s.gpus, s.gpu_milli, s.cpu_milli))
 
 
 def status_from_summary(
@@ -88,6 +121,8 @@ def status_from_summary(
             free=summary.gpus_free,
             stranded=summary.gpus_stranded,
         ),
+        devices=DeviceCounts(idle=max(0, summary.devices_idle), shared=summary.devices_shared,
+                             full=summary.devices_full, unhealthy=summary.sick_devices),
         models=[ModelCount(model=m.model, total=m.total, free=m.free) for m in summary.models],
         conditions=conditions,
     )
@@ -148,7 +183,9 @@ class PoolReconciler:
             return
         self._invalid.pop(name, None)
         view = build_pool_snapshot(spec, nodes, pods)
-        summary = summarize(view.snapshot)
+        shapes = pool_shapes(self.cache.store("trainingjobs").values(), name, spec)
+        stranded = snapshot_stranded(view.snapshot, shapes, spec.sharing.max_shares_per_device)
+        summary = summarize(view.snapshot, stranded_milli=stranded if shapes else 0)
         if self.on_summary:
             self.on_summary(name, summary)
         status = status_from_summary(summary, previous, generation, view.conflicts, now,

@@ -30,6 +30,9 @@ class PoolSummary:
     gpus_free: float = 0.0
     gpus_stranded: float = 0.0
     sick_devices: int = 0
+    devices_idle: int = 0  # healthy, nothing on it
+    devices_shared: int = 0  # healthy, partly allocated to shares
+    devices_full: int = 0  # healthy, fully allocated (whole or shares adding up to 1)
     models: tuple[ModelSummary, ...] = field(default=())
     sick_nodes: tuple[str, ...] = field(default=())
 
@@ -81,6 +84,12 @@ def summarize(snapshot: Snapshot, stranded_milli: int = 0) -> PoolSummary:
         gpus_free=_gpu(free),
         gpus_stranded=_gpu(stranded_milli),
         sick_devices=sum(1 for n in nodes for d in n.devices if not d.healthy),
+        devices_idle=sum(1 for n in nodes for d in n.devices if d.healthy and d.idle)
+        - sum(n.opaque_gpus for n in nodes),
+        devices_shared=sum(1 for n in nodes for d in n.devices
+                           if d.healthy and 0 < d.used_milli < WHOLE),
+        devices_full=sum(1 for n in nodes for d in n.devices if d.healthy and d.used_milli >= WHOLE)
+        + sum(n.opaque_gpus for n in nodes),
         models=models,
         sick_nodes=sick,
     )

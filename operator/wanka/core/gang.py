@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from wanka.core.requests import GangRequest
 from wanka.core.snapshot import WHOLE, Allocation, DeviceShare, Node, OverAllocation, Snapshot
@@ -66,6 +66,16 @@ class BestFitSlices:
 
 
 BEST_FIT_SLICES = BestFitSlices()
+
+
+@runtime_checkable
+class SharePlacer(Protocol):
+    """A slice policy that places whole fractional gangs itself, choosing nodes and devices
+    across the pool (see core/sharing.py). Used unless a Required topology binds the gang."""
+
+    def place_shares(
+        self, snapshot: Snapshot, req: GangRequest, writer: Writer | None, dry_run: bool
+    ) -> GangResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -496,6 +506,13 @@ def place_gang(
     """
     if snapshot.allocations_of(req.owner):
         return GangResult(None, f"{req.owner} already holds allocations")
+    if (
+        req.is_fractional
+        and not req.mig_profile
+        and isinstance(slice_policy, SharePlacer)
+        and not (req.topology_mode == "Required" and req.topology_level)
+    ):
+        return slice_policy.place_shares(snapshot, req, writer, dry_run)
     result = _choose(snapshot, req)
     if isinstance(result, GangResult):
         return result
