@@ -200,6 +200,7 @@ class DeviceCounts(WankaModel):
     shared: int = Field(default=0, description="Healthy devices partly allocated to shares.")
     full: int = Field(default=0, description="Healthy devices fully allocated.")
     unhealthy: int = Field(default=0, description="Devices excluded as sick.")
+    mig_partitioned: int = Field(default=0, description="Devices split into MIG instances by Wanka.")
 
 
 class ModelCount(WankaModel):

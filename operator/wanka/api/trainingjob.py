@@ -262,6 +262,10 @@ class ReplicaPlacement(WankaModel):
         default=None, ge=1, le=999,
         description="For a share of one device: its size in thousandths of the device.",
     )
+    mig_start: int | None = Field(
+        default=None, ge=0, le=7,
+        description="For a MIG instance: its start memory slice on the device.",
+    )
 
 
 class LastCheckpoint(WankaModel):

@@ -97,6 +97,31 @@ class JobIO:
             if exc.status != 404:
                 raise
 
+    def read_configmap(self, ns: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.core.read_namespaced_config_map(name, ns).to_dict())
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def put_configmap(self, ns: str, name: str, data: Mapping[str, str]) -> None:
+        """Create the ConfigMap or merge `data` into it."""
+        try:
+            self.core.patch_namespaced_config_map(name, ns, {"data": dict(data)})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self.core.create_namespaced_config_map(ns, {"metadata": {"name": name}, "data": dict(data)})
+
+    def patch_node(self, name: str, body: Mapping[str, Any]) -> None:
+        try:
+            self.core.patch_node(name, dict(body))
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                raise Conflict(f"node {name}: {exc.reason}") from exc
+            raise
+
     def delete_owned(self, ns: str, job: str, names: Mapping[str, str]) -> None:
         """Delete the Service, checkpoint objects and RBAC of a job (404 is fine)."""
         calls = {

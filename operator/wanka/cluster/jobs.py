@@ -39,8 +39,23 @@ from wanka.cluster.manifests import (
     service_account_name,
     service_manifest,
 )
+from wanka.cluster.mig import CONFIG_LABEL as MIG_CONFIG_LABEL
+from wanka.cluster.mig import CONFIGMAP_KEY as MIG_CONFIGMAP_KEY
+from wanka.cluster.mig import CONFIGMAP_NAME as MIG_CONFIGMAP
+from wanka.cluster.mig import GEOMETRY_ANNOTATION as MIG_GEOMETRY_ANNOTATION
+from wanka.cluster.mig import INSTANCE_ANNOTATION as MIG_INSTANCE_ANNOTATION
+from wanka.cluster.mig import (
+    Repartition,
+    encode_geometry,
+    merge_configmap,
+    mig_nodes,
+    plan_repartitions,
+    render_config,
+)
+from wanka.cluster.mig import resource_for as mig_resource
 from wanka.cluster.pools import parse_spec
 from wanka.cluster.translate import (
+    DEVICES_ANNOTATION,
     JOB_LABEL,
     REPLICA_LABEL,
     UNHEALTHY_TAINT,
@@ -192,6 +207,13 @@ def reservations(job: Job) -> list[Allocation]:
     return out
 
 
+def mig_gpus(spec: TrainingJobSpec) -> float:
+    """GPU-equivalents of one MIG replica: its compute slices out of 7."""
+    profile = spec.resources.mig_profile or ""
+    slices = int(profile.split("g.", 1)[0]) if "g." in profile else 0
+    return round(slices / 7, 3)
+
+
 def pod_exit_code(pod: Mapping[str, Any]) -> int | None:
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
         term = (cs.get("state") or {}).get("terminated")
@@ -216,6 +238,7 @@ class JobReconciler:
     events: Recorder
     clock: Callable[[], float] = time.time
     status_writer: Any = None  # StatusWriter for TenantQueue status
+    mig_namespace: str = "default"  # where the mig-parted ConfigMap lives
     # Status we wrote but the watch has not brought back yet: (version written against, status).
     _assumed: dict[str, tuple[str | None, str, dict[str, Any]]] = field(default_factory=dict)
     _queue_status: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -512,9 +535,17 @@ class JobReconciler:
             if placed.replica in pods:
                 continue
             devices = [(d, placed.gpu_milli or WHOLE) for d in placed.devices]
+            resource = pool.accelerator.resource_name
+            if spec.resources.mig_profile:
+                resource = mig_resource(spec.resources.mig_profile)
             manifest = pod_manifest(job.raw, spec, placed.replica, job.attempt, devices,
-                                    pool.accelerator.resource_name, pool.sharing.mode, mem,
+                                    resource, pool.sharing.mode, mem,
                                     resume=job.attempt > 0 or job.status.last_checkpoint is not None)
+            if placed.mig_start is not None:
+                # The device plugin picks the instance; ours is a ledger entry, not a device pin.
+                notes = manifest["metadata"]["annotations"]
+                notes.pop(DEVICES_ANNOTATION, None)
+                notes[MIG_INSTANCE_ANNOTATION] = f"{placed.devices[0]}:{placed.mig_start}"
             self.io.ensure(manifest)
             pods[placed.replica] = manifest
             created = True
@@ -594,6 +625,9 @@ class JobReconciler:
             for job in waiting:
                 self._wait(job, "NoPool", f"GPUPool {pool_name} does not exist or is invalid")
             return
+        if pool.sharing.mode == "MIG":
+            self._schedule_mig(pool_name, pool, waiting, jobs, queues, now)
+            return
         requests: list[GangRequest] = []
         for job in waiting:
             assert job.spec is not None
@@ -645,6 +679,110 @@ class JobReconciler:
         else:
             self._wait(job, decision.cause, decision.reason)
 
+    def _schedule_mig(
+        self, pool_name: str, pool: GPUPoolSpec, waiting: list[Job], jobs: list[Job],
+        queues: Mapping[str, tuple[TenantQueueSpec, dict[str, Any]]], now: float,
+    ) -> None:
+        """Admit MIG replicas onto free instances; repartition idle devices for the rest."""
+        node_objs = [n for n in self.cache.store("nodes").values()
+                     if pool.node_selector.matches(dict(n["metadata"].get("labels") or {}))
+                     and node_ready(n) and not has_taint(n, UNHEALTHY_TAINT)]
+        active = [j for j in jobs if j.spec is not None and j.spec.pool == pool_name
+                  and j.status.phase in ACTIVE]
+        reserved = [(p.node, p.devices[0], p.mig_start) for j in active for p in j.status.placement
+                    if p.devices and p.mig_start is not None]
+        nodes = mig_nodes(node_objs, self.cache.store("pods").values(), reserved,
+                          pool.accelerator.resource_name,
+                          lambda n: pool.accelerator.model or n["metadata"].get("labels", {}).get(
+                              "wanka.io/gpu-model", ""))
+        usage: dict[str, float] = {}
+        for j in active:
+            assert j.spec is not None
+            usage[j.spec.queue] = usage.get(j.spec.queue, 0.0) + mig_gpus(j.spec) * j.spec.replicas
+        demand: dict[str, int] = {}
+        blocked: list[tuple[Job, str]] = []
+        order = sorted(waiting, key=lambda j: (-(j.spec.priority if j.spec else 0),
+                                               0.0 if j.status.restarts else ts(j.raw["metadata"].get("creationTimestamp")) or 0.0,
+                                               j.key))
+        for job in order:
+            assert job.spec is not None
+            why = self._unservable(job, pool_name, pool, queues)
+            if why:
+                self._wait(job, why[0], why[1])
+                continue
+            spec = job.spec
+            profile = spec.resources.mig_profile or ""
+            quota = next((q for q in queues[spec.queue][0].quotas if q.pool == pool_name), None)
+            want = mig_gpus(spec) * spec.replicas
+            limit = (quota.gpus + (quota.borrowing_limit if quota.borrowing_limit is not None else float("inf"))
+                     if quota else 0.0)
+            if usage.get(spec.queue, 0.0) + want > limit + 1e-9:
+                self._wait(job, "Quota", f"queue {spec.queue} would use {usage.get(spec.queue, 0.0) + want:.2f} "
+                                         f"GPU-equivalents in {pool_name}, over its quota of {limit:g}")
+                continue
+            picks: list[tuple[str, int, int]] = []
+            for node in sorted(nodes.values(), key=lambda n: n.name):
+                while node.ready and len(picks) < spec.replicas:
+                    found = node.free_instance(profile)
+                    if found is None:
+                        break
+                    node.used.add(found)
+                    picks.append((node.name, *found))
+            if len(picks) == spec.replicas:
+                usage[spec.queue] = usage.get(spec.queue, 0.0) + want
+                self._admit_mig(job, picks, now)
+                continue
+            for name, dev, start in picks:  # not all fit: give them back
+                nodes[name].used.discard((dev, start))
+            demand[profile] = demand.get(profile, 0) + spec.replicas
+            blocked.append((job, profile))
+        if not blocked:
+            return
+        changes, reasons = plan_repartitions(nodes, demand, pool.sharing.mig_profiles)
+        for change in changes:
+            try:
+                self._repartition(change, nodes[change.node].devices)
+            except Conflict as exc:
+                log.info("MIG change on %s deferred: %s", change.node, exc)
+        in_flight = sorted(n.name for n in nodes.values() if not n.ready)
+        planned = {i.profile for c in changes for g in c.geometry.values() for i in g}
+        for job, profile in blocked:
+            if profile in planned or in_flight:
+                where = ", ".join(sorted({c.node for c in changes} | set(in_flight)))
+                self._wait(job, "MIGRepartitioning",
+                           f"waiting for the MIG manager on {where} to create {profile} instances")
+            else:
+                self._wait(job, "MIGUnserved", "; ".join(reasons) or
+                           f"no idle device can be partitioned for {profile} (devices with "
+                           "running work are never repartitioned)")
+
+    def _admit_mig(self, job: Job, picks: list[tuple[str, int, int]], now: float) -> None:
+        st = job.status.model_copy(deep=True)
+        st.placement = [ReplicaPlacement(replica=i, node=node, devices=[dev], mig_start=start)
+                        for i, (node, dev, start) in enumerate(picks)]
+        st.admitted_time = to_dt(now)
+        st.retry_after = None
+        nodes = sorted({n for n, _, _ in picks})
+        self._transition(job, st, "Admitted", "Admitted", "True", "Admitted",
+                         f"{len(picks)} MIG instance(s) on {', '.join(nodes)}")
+
+    def _repartition(self, change: Repartition, devices: int) -> None:
+        """Render the config into the mig-parted ConfigMap, then point the node at it."""
+        cm = self.io.read_configmap(self.mig_namespace, MIG_CONFIGMAP)
+        current = ((cm or {}).get("data") or {}).get(MIG_CONFIGMAP_KEY)
+        text = merge_configmap(current, change.name, render_config(change.geometry, devices))
+        self.io.put_configmap(self.mig_namespace, MIG_CONFIGMAP, {MIG_CONFIGMAP_KEY: text})
+        node = self.cache.store("nodes").get("", change.node) or {}
+        self.io.patch_node(change.node, {"metadata": {
+            "resourceVersion": node.get("metadata", {}).get("resourceVersion"),
+            "labels": {MIG_CONFIG_LABEL: change.name},
+            "annotations": {MIG_GEOMETRY_ANNOTATION: encode_geometry(change.geometry)},
+        }})
+        self.events.record({**node, "apiVersion": "v1", "kind": "Node"}, "Normal", "MIGRepartition",
+                           f"MIG config {change.name}: " + "; ".join(
+                               f"GPU {d}: {'+'.join(i.profile for i in g)}"
+                               for d, g in sorted(change.geometry.items()) if g))
+
     def _unservable(
         self, job: Job, pool_name: str, pool: GPUPoolSpec,
         queues: Mapping[str, tuple[TenantQueueSpec, dict[str, Any]]],
@@ -667,8 +805,11 @@ class JobReconciler:
                     f"is {pool.sharing.mode}")
         if res.mig_profile and pool.sharing.mode != "MIG":
             return "SharingMismatch", f"migProfile needs a MIG pool; {pool_name} is {pool.sharing.mode}"
-        if res.mig_profile:
-            return "MIGNotReady", "MIG placement is not served by this operator version yet"
+        if pool.sharing.mode == "MIG" and not res.mig_profile:
+            return "SharingMismatch", f"{pool_name} is a MIG pool: ask for a migProfile"
+        if res.mig_profile and res.mig_profile not in pool.sharing.mig_profiles:
+            return ("SharingMismatch", f"{pool_name} offers MIG profiles "
+                    f"{', '.join(pool.sharing.mig_profiles)}, not {res.mig_profile}")
         return None
 
     def _wait(self, job: Job, cause: str, reason: str) -> None:

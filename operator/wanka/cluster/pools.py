@@ -20,6 +20,7 @@ from wanka.api.gpupool import (
     NodeCounts,
 )
 from wanka.cluster.cache import FleetCache
+from wanka.cluster.mig import read_geometry
 from wanka.cluster.translate import PoolView, build_pool_snapshot
 from wanka.api.trainingjob import TrainingJobSpec
 from wanka.cluster.translate import pod_requests
@@ -190,6 +191,9 @@ class PoolReconciler:
             self.on_summary(name, summary)
         status = status_from_summary(summary, previous, generation, view.conflicts, now,
                                      self.guard.get(name))
+        status.devices.mig_partitioned = sum(
+            sum(1 for g in read_geometry(n).values() if g)
+            for n in nodes if n["metadata"]["name"] in view.snapshot.nodes)
         self._announce(pool, previous, status)
         self._write(pool, name, status)
 

@@ -118,7 +118,8 @@ async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         guard=health.guard_conditions,
     )
 
-    jobs = JobReconciler(RUNTIME.cache, JobIO(api), events, status_writer=StatusWriter(api))
+    jobs = JobReconciler(RUNTIME.cache, JobIO(api), events, status_writer=StatusWriter(api),
+                         mig_namespace=os.environ.get("POD_NAMESPACE") or "default")
     last_sync = [0.0]
     if RUNTIME.lease is not None:
         RUNTIME.elector = LeaseElector(api, *RUNTIME.lease)

@@ -1,0 +1,144 @@
+"""Dynamic MIG on the real control plane, with a test helper playing NVIDIA's MIG manager."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from tests.integration.conftest import Cluster, OperatorProcess, wait_for
+from tests.integration.jobkit import Fleet, condition, make_fleet, make_job, phase
+
+pytestmark = pytest.mark.integration
+
+
+class FakeMigManager(threading.Thread):
+    """What the GPU Operator's MIG manager and device plugin do, for nodes of one pool:
+    apply the config named by nvidia.com/mig.config and advertise its MIG resources."""
+
+    def __init__(self, cluster: Cluster, nodes: list[str], gpus: int = 8) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.nodes, self.gpus = cluster, nodes, gpus
+        self.applied: dict[str, str] = {}
+        self.stop = False
+
+    def run(self) -> None:
+        while not self.stop:
+            for name in self.nodes:
+                try:
+                    self.step(name)
+                except ApiException:
+                    pass
+            time.sleep(0.2)
+
+    def step(self, name: str) -> None:
+        node = self.cluster.core.read_node(name)
+        config = (node.metadata.labels or {}).get("nvidia.com/mig.config")
+        if not config or self.applied.get(name) == config:
+            return
+        cm = self.cluster.core.read_namespaced_config_map("wanka-mig-parted-config", "default")
+        entries = yaml.safe_load(cm.data["config.yaml"])["mig-configs"][config]
+        resources: Counter[str] = Counter()
+        whole = 0
+        for entry in entries:
+            if entry["mig-enabled"]:
+                for profile, count in entry["mig-devices"].items():
+                    resources[f"nvidia.com/mig-{profile}"] += count * len(entry["devices"])
+            else:
+                whole += len(entry["devices"])
+        alloc = {"cpu": "128", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": str(whole),
+                 **{k: str(v) for k, v in resources.items()}}
+        self.cluster.core.patch_node_status(name, {"status": {"capacity": alloc, "allocatable": alloc}})
+        self.cluster.core.patch_node(name, {"metadata": {"labels": {"nvidia.com/mig.config.state": "success"}}})
+        self.applied[name] = config
+
+
+def mig_fleet(cluster: Cluster, namespace: str, nodes: int = 2) -> Fleet:
+    return make_fleet(cluster, namespace, nodes=nodes, racks=1,
+                      sharing={"mode": "MIG", "migProfiles": ["1g.10gb", "3g.40gb", "7g.80gb"]})
+
+
+def test_ten_small_instances_on_idle_h100s(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    fleet = mig_fleet(cluster, namespace)
+    manager = FakeMigManager(cluster, fleet.nodes)
+    manager.start()
+    try:
+        names = [f"mig{i}" for i in range(10)]
+        for name in names:
+            make_job(cluster, namespace, fleet, name, replicas=1, resources={"migProfile": "1g.10gb"})
+        wait_for(lambda: all(phase(cluster, namespace, n) == "Running" for n in names), 45,
+                 what="ten 1g.10gb jobs running")
+        labelled = {n: (cluster.core.read_node(n).metadata.labels or {}).get("nvidia.com/mig.config")
+                    for n in fleet.nodes}
+        assert any(labelled.values()), labelled
+        cm = yaml.safe_load(cluster.core.read_namespaced_config_map(
+            "wanka-mig-parted-config", "default").data["config.yaml"])
+        for node, config in labelled.items():
+            if not config:
+                continue
+            entries = cm["mig-configs"][config]
+            for entry in entries:
+                if entry["mig-enabled"]:
+                    assert set(entry["mig-devices"]) <= {"1g.10gb", "3g.40gb", "7g.80gb", "2g.20gb",
+                                                         "1g.20gb", "4g.40gb"}
+                    assert sum(int(p[0]) * c for p, c in entry["mig-devices"].items()) <= 7
+        pods = cluster.core.list_namespaced_pod(namespace, label_selector="wanka.io/job").items
+        assert len(pods) == 10
+        instances = set()
+        for pod in pods:
+            assert pod.spec.containers[0].resources.limits["nvidia.com/mig-1g.10gb"] == "1"
+            instances.add((pod.spec.node_name, pod.metadata.annotations["wanka.io/mig-instance"]))
+        assert len(instances) == 10, "every pod has its own instance"
+        # Only as many devices as needed were partitioned: 10 x 1g.10gb fit in 2 devices.
+        geometry_devices = sum(
+            len([e for e in cm["mig-configs"][c] if e["mig-enabled"]]) for c in labelled.values() if c)
+        assert geometry_devices == 2, cm
+        wait_for(lambda: ((cluster.get("gpupools", fleet.pool).get("status") or {}).get("devices") or {})
+                 .get("migPartitioned") == 2, 10, what="pool reports 2 MIG-partitioned devices")
+
+        # More demand while those instances run: a whole-GPU profile goes to an idle device,
+        # and the devices holding the running pods keep their geometry.
+        before = {n: cluster.core.read_node(n).metadata.annotations.get("wanka.io/mig-geometry")
+                  for n in fleet.nodes}
+        busy = {(p.spec.node_name, p.metadata.annotations["wanka.io/mig-instance"].split(":")[0])
+                for p in pods}
+        make_job(cluster, namespace, fleet, "big", replicas=1, resources={"migProfile": "7g.80gb"})
+        wait_for(lambda: phase(cluster, namespace, "big") == "Running", 30, what="7g.80gb running")
+        for n in fleet.nodes:
+            old = json.loads(before[n] or "{}")
+            new = json.loads(cluster.core.read_node(n).metadata.annotations.get("wanka.io/mig-geometry") or "{}")
+            for node, dev in busy:
+                if node == n:
+                    assert new[dev] == old[dev], f"busy device {n}/{dev} was repartitioned"
+        assert all(phase(cluster, namespace, x) == "Running" for x in names), "nothing was disturbed"
+    finally:
+        manager.stop = True
+
+
+def test_busy_devices_are_never_repartitioned_and_impossible_mixes_are_explained(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    fleet = mig_fleet(cluster, namespace, nodes=1)
+    node = fleet.nodes[0]
+    # A pod holding whole GPUs on the only node (someone else's work): hands off.
+    cluster.core.create_namespaced_pod(namespace, {
+        "metadata": {"name": "holder"},
+        "spec": {"schedulerName": "other", "nodeName": node, "containers": [{
+            "name": "c", "image": "x", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+    })
+    make_job(cluster, namespace, fleet, "wants-mig", replicas=1, resources={"migProfile": "3g.40gb"})
+    cond = wait_for(lambda: (c := condition(cluster, namespace, "wants-mig", "Admitted"))
+                    and c["reason"] == "MIGUnserved" and c, 15, what="MIGUnserved")
+    assert "repartition" in cond["message"] or "unserved" in cond["message"], cond
+    assert not (cluster.core.read_node(node).metadata.labels or {}).get("nvidia.com/mig.config")
+
+    # A profile the pool does not offer is refused with the list it does offer.
+    make_job(cluster, namespace, fleet, "odd", replicas=1, resources={"migProfile": "2g.20gb"})
+    cond = wait_for(lambda: (c := condition(cluster, namespace, "odd", "Admitted"))
+                    and c["reason"] == "SharingMismatch" and c, 15, what="SharingMismatch")
+    assert "1g.10gb" in cond["message"] and "2g.20gb" in cond["message"]
