@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, str] = {
     "status": "wanka.cluster.status_cli",
     "crds": "wanka.api.crdgen",
     "simulate": "wanka.sim.cli",
+    "simulate-gangs": "wanka.sim.gangs",
     "agent": "wanka.agent.cli",
 }
 
@@ -30,6 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Import only the subcommand asked for, so `wanka simulate` never loads the Kubernetes client.
     chosen = [argv[0]] if argv and argv[0] in SUBCOMMANDS else None
+    if chosen:
+        module = importlib.import_module(SUBCOMMANDS[chosen[0]])
+        if getattr(module, "PASSTHROUGH", False):
+            return int(module.main(argv[1:]) or 0)
     args = build_parser(chosen).parse_args(argv)
     result = args.func(args)
     return int(result or 0)

@@ -242,3 +242,44 @@ def test_checkpoint_reports_only_through_the_jobs_own_configmap(
     theirs = Reporter(Settings(namespace=namespace, configmap="other-checkpoint"), sa_dir, server)
     assert not theirs.report(5, "/x", time.time())
     assert cluster.core.read_namespaced_config_map("other-checkpoint", namespace).data in (None, {})
+
+
+def test_a_sick_device_sends_full_node_jobs_elsewhere_but_smaller_ones_may_stay(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    import json
+
+    fleet = make_fleet(cluster, namespace, nodes=2, racks=1)
+    sick_node, other = fleet.nodes
+    cluster.core.patch_node(sick_node, {"metadata": {"annotations": {
+        "wanka.io/gpu-health": json.dumps({"3": {"healthy": False, "reason": "XID94"}})}}})
+    wait_for(lambda: ((cluster.get("gpupools", fleet.pool).get("status") or {}).get("gpus") or {})
+             .get("allocatable") == 15, 10, what="device 3 excluded")
+    make_job(cluster, namespace, fleet, "eight", replicas=1, gpus=8)
+    wait_running(cluster, namespace, "eight")
+    assert live_pods(cluster, namespace, "eight")[0].spec.node_name == other
+    make_job(cluster, namespace, fleet, "four", replicas=1, gpus=4)
+    wait_running(cluster, namespace, "four")
+    pod = live_pods(cluster, namespace, "four")[0]
+    assert pod.spec.node_name == sick_node
+    devices = {int(d) for d in pod.metadata.annotations["wanka.io/devices"].split(",")}
+    assert len(devices) == 4 and 3 not in devices
+
+
+def test_metrics_cover_gangs_and_health(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    fleet = make_fleet(cluster, namespace, nodes=2, racks=1)
+    make_job(cluster, namespace, fleet, "metered", replicas=2, gpus=8)
+    wait_running(cluster, namespace, "metered")
+    text = operator.metrics()
+    for name in ("wanka_build_info", "wanka_binds_total", "wanka_gang_wait_seconds_bucket",
+                 "wanka_gang_placement_duration_seconds_bucket", "wanka_reconcile_duration_seconds_bucket",
+                 f'wanka_pool_gpus{{pool="{fleet.pool}",state="allocated"}} 16.0',
+                 f'wanka_pool_devices{{pool="{fleet.pool}",use="full"}} 16.0',
+                 f'wanka_pool_nodes{{health="healthy",pool="{fleet.pool}"}} 2.0'):
+        assert name in text, name
+    binds = [line for line in text.splitlines() if line.startswith('wanka_binds_total{result="bound"}')]
+    assert binds and float(binds[0].split()[-1]) >= 2
+    # No unbounded labels: job names never appear in metrics.
+    assert "metered" not in text

@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from kubernetes.client.exceptions import ApiException
@@ -240,7 +240,7 @@ class JobReconciler:
     status_writer: Any = None  # StatusWriter for TenantQueue status
     mig_namespace: str = "default"  # where the mig-parted ConfigMap lives
     # Status we wrote but the watch has not brought back yet: (version written against, status).
-    _assumed: dict[str, tuple[str | None, str, dict[str, Any]]] = field(default_factory=dict)
+    _assumed: dict[str, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
     _queue_status: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # --- reading the cache ---------------------------------------------------------------
@@ -257,7 +257,7 @@ class JobReconciler:
             status_raw = raw.get("status") or {}
             assumed = self._assumed.get(key)
             if assumed is not None:
-                before, after, wrote = assumed
+                before, wrote = assumed
                 if meta.get("resourceVersion") == before:
                     status_raw = wrote  # the watch has not caught up with our own write
                 else:
@@ -305,7 +305,7 @@ class JobReconciler:
         except Conflict as exc:
             log.info("status of %s not written (%s); next pass re-reads it", job.key, exc)
             return False
-        self._assumed[job.key] = (job.version, new_version, wire)
+        self._assumed[job.key] = (job.version, wire)
         job.raw["metadata"]["resourceVersion"] = new_version
         job.status = status
         return True

@@ -11,6 +11,7 @@ gang restarts from its last checkpoint and queues again at the front) and are sc
 from __future__ import annotations
 
 import argparse
+from typing import Any
 import csv
 import heapq
 import json
@@ -472,3 +473,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+PASSTHROUGH = True  # `wanka simulate-gangs ARGS` calls main(ARGS): this module parses them
+
+
+def register(sub: Any) -> None:
+    sub.add_parser("simulate-gangs", help="synthetic multi-node gang workload on the spot fleet")
