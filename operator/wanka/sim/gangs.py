@@ -22,10 +22,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from wanka.core.queueing import Admit, PoolQuota, QueueSpec, SchedulerConfig, schedule
+from wanka.sim import data_dir
 from wanka.core.requests import GangRequest
 from wanka.core.snapshot import WHOLE, Device, Node, Snapshot
 
-SPOT_CSV = Path("/work/shared/data/spot_gpu_nodes_2026.csv")
+SPOT_CSV = data_dir() / "spot_gpu_nodes_2026.csv"
 LEVELS = ("wanka.io/nvlink-domain", "wanka.io/rack", "wanka.io/spine")
 RACK_NODES = 16
 SPINE_RACKS = 8
