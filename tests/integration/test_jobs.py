@@ -283,3 +283,16 @@ def test_metrics_cover_gangs_and_health(
     assert binds and float(binds[0].split()[-1]) >= 2
     # No unbounded labels: job names never appear in metrics.
     assert "metered" not in text
+
+
+def test_gang_not_running_within_its_timeout_is_released_and_requeued(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    fleet = make_fleet(cluster, namespace, nodes=2, racks=1)
+    make_job(cluster, namespace, fleet, "stuck", replicas=2, gpus=8,
+             labels={"wanka.io/sim": "pending"}, gang={"scheduleTimeoutSeconds": 2})
+    wait_for(lambda: any(e.reason == "GangTimeout" for e in cluster.events_for("stuck", namespace)), 20,
+             what="a GangTimeout event")
+    event = next(e for e in cluster.events_for("stuck", namespace) if e.reason == "GangTimeout")
+    assert "0/2 replicas running after 2s" in event.message
+    assert (job(cluster, namespace, "stuck").get("status") or {}).get("restarts") == 0
