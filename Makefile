@@ -15,7 +15,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet -e '.[test,sim,examples]'
+	$(VPY) -m pip install --quiet -e '.[test,sim,examples,dev]'
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 venv: $(STAMP) ## create .venv and install Wanka with its test dependencies
@@ -35,8 +35,9 @@ crds: venv ## regenerate crds/ (and the chart's copy) from the API models
 crds-check: venv ## fail if crds/ is stale
 	$(VPY) -m wanka.cli crds --out crds --out charts/wanka/crds --check
 
-lint: venv ## import layering contract and stale CRDs
+lint: venv ## import layering contract, mypy --strict, stale CRDs
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	$(MAKE) --no-print-directory crds-check
 
 test-unit: venv ## the pure core, fast, no cluster

@@ -132,11 +132,13 @@ class Job:
 
     @property
     def version(self) -> str | None:
-        return self.raw["metadata"].get("resourceVersion")
+        value = self.raw["metadata"].get("resourceVersion")
+        return str(value) if value is not None else None
 
     @property
     def generation(self) -> int | None:
-        return self.raw["metadata"].get("generation")
+        value = self.raw["metadata"].get("generation")
+        return int(value) if value is not None else None
 
     @property
     def attempt(self) -> int:
@@ -478,8 +480,8 @@ class JobReconciler:
                 bad_nodes.append(pod["spec"]["nodeName"])
         if status.phase == "Running":
             for placed in status.placement:
-                pod = pods.get(placed.replica)
-                if pod is None or pod["metadata"].get("deletionTimestamp"):
+                member = pods.get(placed.replica)
+                if member is None or member["metadata"].get("deletionTimestamp"):
                     reasons.append(f"replica {placed.replica} was deleted")
         if reasons:
             self._interrupt(job, "MemberFailed", "; ".join(reasons[:5]), bad_nodes, now,
@@ -662,13 +664,13 @@ class JobReconciler:
         SCHEDULE_SECONDS.labels(pool_name).observe(time.perf_counter() - started)
         by_key = {j.key: j for j in jobs}
         for decision in result.decisions:
-            job = by_key.get(decision.owner)
-            if job is None:
+            target = by_key.get(decision.owner)
+            if target is None:
                 continue
             try:
-                self._apply_decision(job, decision, now)
+                self._apply_decision(target, decision, now)
             except (Conflict, ApiException) as exc:
-                log.warning("decision for %s not applied: %s", job.key, exc)
+                log.warning("decision for %s not applied: %s", target.key, exc)
 
     def _apply_decision(self, job: Job, decision: Admit | Preempt | Wait, now: float) -> None:
         if isinstance(decision, Admit):

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from wanka.cluster.translate import TERMINAL_PHASES, annotations, labels, quantity
+from wanka.cluster.translate import TERMINAL_PHASES, annotations_of, labels, quantity
 from wanka.core.mig import Geometry, MigDevice, MigInstance, mig_model, plan_mig
 
 GEOMETRY_ANNOTATION = "wanka.io/mig-geometry"
@@ -42,7 +42,7 @@ def resource_for(profile: str) -> str:
 
 def read_geometry(node: Mapping[str, Any]) -> dict[int, Geometry]:
     """The geometry Wanka last asked for on this node (empty: all devices whole)."""
-    raw = annotations(node).get(GEOMETRY_ANNOTATION)
+    raw = annotations_of(node).get(GEOMETRY_ANNOTATION)
     if not raw:
         return {}
     try:
@@ -87,7 +87,7 @@ def merge_configmap(current: str | None, name: str, entries: list[dict[str, Any]
     doc.setdefault("version", "v1")
     configs = doc.setdefault("mig-configs", {})
     configs[name] = entries
-    return yaml.safe_dump(doc, sort_keys=True)
+    return str(yaml.safe_dump(doc, sort_keys=True))
 
 
 def expected_resources(geometry: Mapping[int, Geometry]) -> dict[str, int]:
@@ -142,21 +142,21 @@ def mig_nodes(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, An
         out[name] = MigNode(name, model_of(node), devices, geometry,
                             ready=applied(node, geometry))
     for pod in pods:
-        node = (pod.get("spec") or {}).get("nodeName")
-        if node not in out or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+        where = str((pod.get("spec") or {}).get("nodeName") or "")
+        if where not in out or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
             continue
-        inst = annotations(pod).get(INSTANCE_ANNOTATION)
+        inst = annotations_of(pod).get(INSTANCE_ANNOTATION)
         if inst:
             dev, _, start = inst.partition(":")
-            out[node].used.add((int(dev), int(start)))
+            out[where].used.add((int(dev), int(start)))
             continue
         for c in (pod.get("spec") or {}).get("containers") or []:
             lim = (c.get("resources") or {}).get("limits") or {}
             if int(quantity(lim.get(resource))) > 0:
-                out[node].whole_gpu_pods += 1
-    for node, dev, start in reserved:
-        if node in out:
-            out[node].used.add((dev, start))
+                out[where].whole_gpu_pods += 1
+    for at, index, first in reserved:
+        if at in out:
+            out[at].used.add((index, first))
     return out
 
 

@@ -30,7 +30,8 @@ def pool_rows(pools: Sequence[dict[str, Any]]) -> list[list[Any]]:
     for pool in sorted(pools, key=lambda p: p["metadata"]["name"]):
         st = pool.get("status") or {}
         g, n = st.get("gpus") or {}, st.get("nodes") or {}
-        ready = next((c for c in st.get("conditions") or [] if c.get("type") == "Ready"), {})
+        ready: dict[str, Any] = next(
+            (c for c in st.get("conditions") or [] if c.get("type") == "Ready"), {})
         rows.append([
             pool["metadata"]["name"], (pool.get("spec") or {}).get("sharing", {}).get("mode", "Exclusive"),
             g.get("total"), g.get("allocated"), g.get("free"), g.get("stranded"),

@@ -86,7 +86,7 @@ def blocking_taint(node: Mapping[str, Any]) -> str | None:
     return None
 
 
-def annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
+def annotations_of(obj: Mapping[str, Any]) -> Mapping[str, str]:
     return (obj.get("metadata") or {}).get("annotations") or {}
 
 
@@ -95,7 +95,7 @@ def labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
 
 
 def _json_annotation(obj: Mapping[str, Any], key: str) -> dict[str, Any]:
-    raw = annotations(obj).get(key)
+    raw = annotations_of(obj).get(key)
     if not raw:
         return {}
     try:
@@ -129,7 +129,7 @@ def build_node(node: Mapping[str, Any], spec: GPUPoolSpec, levels: tuple[str, ..
     model = spec.accelerator.model or lab.get(GPU_MODEL_LABEL, "")
     memory_mib = (spec.accelerator.memory_gi_b or 0) * 1024
     device_health = _json_annotation(node, GPU_HEALTH_ANNOTATION)
-    raw_record = annotations(node).get(HEALTH_ANNOTATION)
+    raw_record = annotations_of(node).get(HEALTH_ANNOTATION)
     record = HealthRecord.from_json(raw_record)
     # A device is out while the agent calls it sick or the operator's record has not yet
     # seen it stable (Recovering) or a person has not cleared it (Quarantined).
@@ -194,7 +194,7 @@ def pod_allocation(pod: Mapping[str, Any], resource: str) -> Allocation | None:
         return None
     cpu, mem, gpus = pod_requests(pod, resource)
     owner, member = pod_owner(pod)
-    raw = annotations(pod).get(DEVICES_ANNOTATION)
+    raw = annotations_of(pod).get(DEVICES_ANNOTATION)
     shares: tuple[DeviceShare, ...] = ()
     if raw:
         try:
@@ -202,7 +202,7 @@ def pod_allocation(pod: Mapping[str, Any], resource: str) -> Allocation | None:
         except ValueError:
             log.warning("pod %s has a malformed %s annotation %r", owner, DEVICES_ANNOTATION, raw)
     if shares:
-        mem_mib = int(annotations(pod).get(GPU_MEMORY_ANNOTATION, "0") or 0)
+        mem_mib = int(annotations_of(pod).get(GPU_MEMORY_ANNOTATION, "0") or 0)
         if len(shares) == 1 and mem_mib:
             shares = (DeviceShare(shares[0].index, shares[0].milli, mem_mib),)
         return Allocation(owner, member, node, cpu, mem, shares)
@@ -234,7 +234,8 @@ def build_pool_snapshot(
     selected = [build_node(n, spec, levels) for n in nodes if spec.node_selector.matches(dict(labels(n)))]
     snap = Snapshot(selected, levels=levels)
     view = PoolView(snap)
-    pinned, opaque = [], []
+    pinned: list[Allocation] = []
+    opaque: list[Allocation] = []
     for pod in pods:
         if ((pod.get("spec") or {}).get("nodeName")) not in snap.nodes:
             continue

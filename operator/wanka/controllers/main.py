@@ -133,7 +133,7 @@ async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         # must not leave a phantom object in the cache for long.
         if time.monotonic() - last_sync[0] > RESYNC_SECONDS:
             for kind in KINDS:
-                RUNTIME.cache.replace(kind, list_all(api, kind))  # type: ignore[arg-type]
+                RUNTIME.cache.replace(kind, list_all(api, kind))
             last_sync[0] = time.monotonic()
         # Health first: jobs then see this pass's taints, and pools report them.
         health.reconcile_all()

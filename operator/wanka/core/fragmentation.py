@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from wanka.core.snapshot import WHOLE, Node, Snapshot
 
@@ -32,6 +33,8 @@ class NodeState:
     `free` holds the milli-GPU a NEW allocation could use on each device, by device index:
     0 for unhealthy devices, devices held by pods we do not place, and devices that reached
     the pool's share limit, so every policy and measure sees the same usable capacity.
+
+    The hash is computed once: states are dictionary keys on every placement decision.
     """
 
     model: str
@@ -42,6 +45,42 @@ class NodeState:
     gpu_memory_free: tuple[int, ...] = ()
     # Kinds of GPU work on the node ("share", "1-gpu", "8-gpu"): GPU clustering reads them.
     tags: frozenset[str] = frozenset()
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(self._key()))
+
+    def _key(self) -> tuple[Any, ...]:
+        return (
+            self.model,
+            self.cpu_free,
+            self.memory_free,
+            self.free,
+            self.gpu_memory_free,
+            self.tags,
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, NodeState):
+            return NotImplemented
+        return (
+            self._hash == other._hash
+            and self.free == other.free
+            and self.cpu_free == other.cpu_free
+            and self.memory_free == other.memory_free
+            and self.model == other.model
+            and self.gpu_memory_free == other.gpu_memory_free
+            and self.tags == other.tags
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuild through the constructor: string hashes differ between processes.
+        return (NodeState, self._key())
 
     @property
     def free_total(self) -> int:
@@ -203,29 +242,47 @@ def node_state(
     max_shares_per_device: int | None = None,
     tags: frozenset[str] = frozenset(),
 ) -> NodeState:
-    """The free-capacity view of a snapshot node that placement and measures read."""
+    """The free-capacity view of a snapshot node that placement and measures read.
+
+    Equal states are the same object (interned), so callers can spot unchanged nodes by
+    identity, which is how `place` reuses its work across the decisions of a cycle.
+    """
     opaque_left = node.opaque_gpus
     free: list[int] = []
     memory: list[int] = []
+    has_memory = False
     for dev in node.devices:
-        usable = dev.free_milli if dev.healthy else 0
-        if usable == WHOLE and dev.idle and opaque_left > 0:
+        used = dev.used_milli
+        usable = WHOLE - used if dev.healthy else 0
+        if used == 0 and dev.shares == 0 and opaque_left > 0 and usable == WHOLE:
             # Pods we do not place hold some idle devices; the device plugin picks which.
             opaque_left -= 1
             usable = 0
         if max_shares_per_device is not None and dev.shares >= max_shares_per_device:
             usable = 0
         free.append(usable)
-        memory.append(dev.free_memory_mib if dev.memory_mib > 0 else 0)
-    has_memory = any(d.memory_mib > 0 for d in node.devices)
-    return NodeState(
-        model=node.model,
-        cpu_free=node.free_cpu_milli,
-        memory_free=node.free_memory_mib,
-        free=tuple(free),
-        gpu_memory_free=tuple(memory) if has_memory else (),
-        tags=tags,
+        if dev.memory_mib > 0:
+            has_memory = True
+            memory.append(dev.memory_mib - dev.used_memory_mib)
+        else:
+            memory.append(0)
+    key = (
+        node.model,
+        node.cpu_milli - node.used_cpu_milli,
+        node.memory_mib - node.used_memory_mib,
+        tuple(free),
+        tuple(memory) if has_memory else (),
+        tags,
     )
+    state = _INTERNED.get(key)
+    if state is None:
+        if len(_INTERNED) > 200_000:  # bound memory on long-running operators
+            _INTERNED.clear()
+        state = _INTERNED[key] = NodeState(*key)
+    return state
+
+
+_INTERNED: dict[tuple[Any, ...], NodeState] = {}
 
 
 def work_tag(gpu_milli: int, gpus: int) -> str | None:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wanka.core.fragmentation import NodeState, Shape, Workload
+from wanka.core.fragmentation import NodeState, Shape, Workload, stranded_milli
 from wanka.core.slicing import (
     Candidate,
     PolicyContext,
@@ -151,6 +151,9 @@ class Step:
     unallocated_gpus: float
     fragmented_gpus: float
     failed_tasks: int
+    # Free GPU that no GPU shape of the target workload could use (the operator's
+    # `status.gpus.stranded`, `fragmentation.stranded_milli`), in GPUs.
+    stranded_gpus: float = 0.0
 
 
 @dataclass(slots=True)
@@ -236,6 +239,17 @@ def replay(
     failed = 0
     frag = sum(ctx.fgd_frag(s) for s in states)
     curve: list[Step] = []
+    shapes = [shape for shape, _ in workload.shapes]
+    stranded_of: dict[NodeState, int] = {}
+
+    def stranded() -> int:
+        total = 0
+        for state, group in groups.items():
+            value = stranded_of.get(state)
+            if value is None:
+                value = stranded_of[state] = stranded_milli((state,), shapes)
+            total += value * len(group.ranks)
+        return total
 
     def record() -> None:
         curve.append(
@@ -245,6 +259,7 @@ def replay(
                 unallocated_gpus=(capacity - allocated) / WHOLE,
                 fragmented_gpus=frag / WHOLE,
                 failed_tasks=failed,
+                stranded_gpus=stranded() / WHOLE,
             )
         )
 
@@ -354,7 +369,8 @@ POINTS = (80.0, 90.0, 100.0, 130.0)
 
 
 def summarize(replays: Sequence[Replay], points: Sequence[float] = POINTS) -> dict[str, Any]:
-    """Median over seeds, per policy, of unallocated GPUs (count and % of capacity) at points."""
+    """Median over seeds, per policy, of unallocated GPUs (count, % of capacity), allocated %
+    and stranded GPUs at `points` arrived %."""
     by_policy: dict[str, list[Replay]] = {}
     for r in replays:
         by_policy.setdefault(r.policy, []).append(r)
@@ -365,10 +381,12 @@ def summarize(replays: Sequence[Replay], points: Sequence[float] = POINTS) -> di
         for p in points:
             un = statistics.median(r.at(p).unallocated_gpus for r in runs)
             alloc = statistics.median(r.at(p).allocated_gpus for r in runs)
+            stranded = statistics.median(r.at(p).stranded_gpus for r in runs)
             row[f"{p:g}"] = {
                 "unallocated_gpus": round(un, 2),
                 "unallocated_pct": round(100.0 * un / gpus, 3),
                 "allocated_pct": round(100.0 * alloc / gpus, 3),
+                "stranded_gpus": round(stranded, 2),
             }
         row["seconds_median"] = round(statistics.median(r.seconds for r in runs), 3)
         out[name] = row
