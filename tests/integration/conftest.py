@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from wanka.cluster.devenv import install_crds
 from wanka.cluster.kube import api_client
 from wanka.cluster.localcluster import REPO, ClusterStartError, LocalCluster, free_port
 
@@ -51,23 +51,7 @@ class Cluster:
         self.ext = client.ApiextensionsV1Api(self.api)
 
     def install_crds(self) -> None:
-        for path in sorted(CRDS.glob("*.yaml")):
-            body = yaml.safe_load(path.read_text())
-            try:
-                self.ext.create_custom_resource_definition(body)
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-                current = self.ext.read_custom_resource_definition(body["metadata"]["name"])
-                body["metadata"]["resourceVersion"] = current.metadata.resource_version
-                self.ext.replace_custom_resource_definition(body["metadata"]["name"], body)
-        for path in sorted(CRDS.glob("*.yaml")):
-            name = yaml.safe_load(path.read_text())["metadata"]["name"]
-            wait_for(lambda n=name: self._established(n), 30, what=f"CRD {name} Established")
-
-    def _established(self, name: str) -> bool:
-        crd = self.ext.read_custom_resource_definition(name)
-        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+        install_crds(self.api, CRDS)
 
     # --- custom objects ------------------------------------------------------------------
     def create(self, plural: str, body: dict[str, Any], namespace: str = "") -> dict[str, Any]:
