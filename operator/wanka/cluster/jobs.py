@@ -374,6 +374,12 @@ class JobReconciler:
             self._transition(job, status, "Queued", "Admitted", "False", "Queued",
                              f"waiting in queue {job.spec.queue}")
             return False
+        failed = find_condition(job.status.conditions, "Failed")
+        if job.status.phase == "Failed" and failed is not None and failed.reason == "InvalidSpec":
+            # The spec was fixed: a job that never ran gets its chance.
+            self._transition(job, status, "Queued", "Failed", "False", "SpecFixed",
+                             "the spec is valid again: back in the queue")
+            return False
         self._mirror_checkpoint(job)
         phase = job.status.phase
         if phase in ("Succeeded", "Failed"):

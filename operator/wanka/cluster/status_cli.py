@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
@@ -43,16 +44,33 @@ def pool_rows(pools: Sequence[dict[str, Any]]) -> list[list[Any]]:
 
 POOL_HEADERS = ["POOL", "MODE", "GPUS", "ALLOCATED", "FREE", "STRANDED", "NODES", "HEALTHY",
                 "SICK", "QUARANTINED", "STATE"]
-QUEUE_HEADERS = ["QUEUE", "WEIGHT", "RUNNING", "WAITING", "USAGE (GPU)"]
+QUEUE_HEADERS = ["QUEUE", "WEIGHT", "RUNNING", "WAITING", "LONGEST WAIT", "USAGE (GPU)"]
 
 
-def queue_rows(queues: Sequence[dict[str, Any]]) -> list[list[Any]]:
+def _age(stamp: str | None, now: datetime) -> str:
+    if not stamp:
+        return "-"
+    seconds = int((now - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def queue_rows(queues: Sequence[dict[str, Any]], jobs: Sequence[dict[str, Any]] = (),
+               now: datetime | None = None) -> list[list[Any]]:
+    now = now or datetime.now(UTC)
     rows = []
     for q in sorted(queues, key=lambda p: p["metadata"]["name"]):
+        name = q["metadata"]["name"]
         st = q.get("status") or {}
         usage = ", ".join(f"{u['pool']}={u['gpus']:g}" for u in st.get("usage") or []) or "-"
-        rows.append([q["metadata"]["name"], (q.get("spec") or {}).get("weight", 1),
-                     st.get("running", 0), st.get("pending", 0), usage])
+        waiting = [j["metadata"].get("creationTimestamp") for j in jobs
+                   if (j.get("spec") or {}).get("queue") == name
+                   and (j.get("status") or {}).get("phase") in (None, "Queued", "Restarting")]
+        oldest = min((w for w in waiting if w), default=None)
+        rows.append([name, (q.get("spec") or {}).get("weight", 1), st.get("running", 0),
+                     st.get("pending", 0), _age(oldest, now), usage])
     return rows
 
 
@@ -62,7 +80,8 @@ def render(api: client.ApiClient) -> str:
     queues = custom.list_cluster_custom_object(GROUP, VERSION, "tenantqueues")["items"]
     out = [table(POOL_HEADERS, pool_rows(pools))]
     if queues:
-        out += ["", table(QUEUE_HEADERS, queue_rows(queues))]
+        jobs = custom.list_cluster_custom_object(GROUP, VERSION, "trainingjobs")["items"]
+        out += ["", table(QUEUE_HEADERS, queue_rows(queues, jobs))]
     return "\n".join(out)
 
 
