@@ -29,8 +29,9 @@ def connection_settings(api: client.ApiClient) -> dict[str, object]:
     cfg = api.configuration
     auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken") or ""
     prefix = (cfg.api_key_prefix or {}).get("authorization", "")
-    token = auth.split(" ", 1)[1] if auth.startswith("Bearer ") else auth
-    if prefix and prefix != "Bearer":
+    # kubeconfigs store "Bearer <token>", the in-cluster loader "bearer <token>".
+    token = auth.split(" ", 1)[1] if auth.lower().startswith("bearer ") else auth
+    if prefix and prefix.lower() != "bearer":
         token = ""
     return {
         "server": cfg.host,

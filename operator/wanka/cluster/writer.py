@@ -104,5 +104,6 @@ class EventRecorder:
             self._seen[key] = (created.metadata.name, namespace, 1, now)
         except ApiException as exc:
             # Events are best effort: never let one break a reconcile.
-            log.warning("could not post event %s on %s: %s", reason, meta.get("name"), exc.reason)
+            log.warning("could not post event %s on %s: %s %s", reason, meta.get("name"),
+                        exc.status, (exc.body or "")[:300])
             self._seen.pop(key, None)

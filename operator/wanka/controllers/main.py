@@ -85,8 +85,11 @@ async def _loop(name: str, wake: asyncio.Event, step: Any, period: float | None 
 
 
 @kopf.on.login()
-def operator_login(**_: Any) -> kopf.ConnectionInfo:
-    """Log in exactly as our own client does (kubernetes.config reads $KUBECONFIG at import)."""
+def operator_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Log in exactly as our own client does (kubernetes.config reads $KUBECONFIG at import).
+    In a pod, kopf's own service-account login re-reads the projected token as it rotates."""
+    if not os.environ.get("KUBECONFIG") and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return kopf.login_with_service_account(**kwargs)
     conn = connection_settings(api_client(os.environ.get("KUBECONFIG")))
     return kopf.ConnectionInfo(
         server=str(conn["server"]),
