@@ -99,7 +99,7 @@ def main() -> int:
             set_condition(core, node, "True", "Healthy")
             watcher.wait(node, False, cleared)
         watcher.stop = True
-        metrics = env.operator.metrics()
+        metrics = env.operator.metrics() if env.operator else ""
     lat = sorted(latencies)
     p99 = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]
     print(json.dumps({

@@ -92,9 +92,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="leave the cluster and operator running")
     args = parser.parse_args()
     step("starting the local control plane (etcd, kube-apiserver, controller-manager, kwok), "
-         "the CRDs and the operator")
+         "the CRDs, and the operator as the Helm chart deploys it (its RBAC, ServiceAccount, args)")
     try:
-        env_cm = devenv(STATE, keep=args.keep)
+        env_cm = devenv(STATE, keep=args.keep, via_chart=True)
         env = env_cm.__enter__()
     except ClusterStartError as exc:
         print(exc, file=sys.stderr)
@@ -135,8 +135,9 @@ def main() -> int:
         step("pool status")
         print(render(api))
         if args.keep:
+            log = env.operator.log if env.operator else STATE / "operator.log"
             print(f"\nleft running: export KUBECONFIG={STATE / 'kubeconfig'}; "
-                  f"operator log {env.operator.log}; `make cluster-down` stops the cluster")
+                  f"operator log {log}; `make cluster-down` stops the cluster")
         return 0
     finally:
         env_cm.__exit__(None, None, None)

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from kubernetes import client, utils
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.integration.conftest import Cluster, OperatorProcess, wait_for
@@ -33,39 +32,30 @@ from tests.integration.jobkit import (
     pods,
     wait_running,
 )
-from wanka.cluster.localcluster import REPO, kubeconfig_dict
+from wanka.cluster.devenv import (
+    CHART,
+    apply_manifests,
+    helm_binary,
+    render_chart,
+    service_account_kubeconfig,
+)
+from wanka.cluster.localcluster import REPO
 
 pytestmark = pytest.mark.integration
 
-CHART = REPO / "charts" / "wanka"
 RELEASE = "wrbac"  # not "wanka": test_helm_install_creates_the_release installs that one
 # A line that says the API refused us; the timestamp is cut off first (",403" milliseconds).
 DENIED = re.compile(r"forbidden|\b403\b|not enough (rbac )?permissions", re.IGNORECASE)
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d[,.]\d+\s*")
 
 
-def helm() -> str:
-    if os.environ.get("HELM"):
-        return os.environ["HELM"]
-    out = subprocess.run(["bash", str(REPO / "hack" / "install-tools.sh")], check=True,
-                         capture_output=True, text=True, timeout=300)
-    return str(Path(out.stdout.strip().splitlines()[-1]) / "helm")
-
-
 def render(namespace: str, *args: str) -> list[dict[str, Any]]:
-    out = subprocess.run([helm(), "template", RELEASE, str(CHART), "--namespace", namespace, *args],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
+    return render_chart(RELEASE, namespace, *args)
 
 
 def sa_kubeconfig(cluster: Cluster, namespace: str, account: str, path: Path) -> Path:
-    token = cluster.core.create_namespaced_service_account_token(
-        account, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
-    ca = cluster.local.state_dir / "pki" / "ca.crt"
-    path.write_text(yaml.safe_dump(kubeconfig_dict(cluster.api.configuration.host, ca, token,
-                                                   user=account)))
-    return path
+    return service_account_kubeconfig(cluster.api, cluster.local.state_dir / "pki" / "ca.crt",
+                                      namespace, account, path)
 
 
 class ChartOperator(OperatorProcess):
@@ -98,10 +88,7 @@ class ChartOperator(OperatorProcess):
 
 
 def apply_as_admin(cluster: Cluster, docs: list[dict[str, Any]], namespace: str) -> None:
-    for doc in docs:
-        if "helm.sh/hook" in (doc["metadata"].get("annotations") or {}):
-            continue  # `helm test` pods run only on `helm test`
-        utils.create_from_dict(cluster.api, doc, namespace=namespace)
+    apply_manifests(cluster.api, docs, namespace)
 
 
 def delete_cluster_scoped(cluster: Cluster, docs: list[dict[str, Any]]) -> None:
@@ -216,7 +203,7 @@ def test_operator_runs_a_whole_job_lifecycle_under_the_charts_rbac(
 def test_helm_install_creates_the_release(cluster: Cluster, tmp_path: Path) -> None:
     """`helm install` against the control plane (pods stay Pending: nothing runs images here)."""
     ns = f"wanka-system-{uuid.uuid4().hex[:6]}"
-    base = [helm(), "--kubeconfig", str(cluster.kubeconfig), "-n", ns]
+    base = [helm_binary(), "--kubeconfig", str(cluster.kubeconfig), "-n", ns]
     out = subprocess.run([*base, "install", "wanka", str(CHART), "--create-namespace"],
                          capture_output=True, text=True, timeout=120)
     try:

