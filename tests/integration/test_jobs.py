@@ -296,3 +296,25 @@ def test_gang_not_running_within_its_timeout_is_released_and_requeued(
     event = next(e for e in cluster.events_for("stuck", namespace) if e.reason == "GangTimeout")
     assert "0/2 replicas running after 2s" in event.message
     assert (job(cluster, namespace, "stuck").get("status") or {}).get("restarts") == 0
+
+
+def test_higher_priority_gang_preempts_and_the_victim_resumes_later(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    fleet = make_fleet(cluster, namespace, nodes=2, racks=1)
+    make_job(cluster, namespace, fleet, "low", replicas=2, gpus=8, priority=10,
+             restartPolicy={"maxRestarts": 0, "backoffSeconds": 0, "maxBackoffSeconds": 0})
+    wait_running(cluster, namespace, "low")
+    make_job(cluster, namespace, fleet, "high", replicas=2, gpus=8, priority=100,
+             labels={"wanka.io/sim": "succeed"}, annotations={"wanka.io/sim-delay": "4s"})
+    preempted = wait_for(lambda: (c := condition(cluster, namespace, "low", "Preempted"))
+                         and c["status"] == "True" and c, 20, what="low preempted")
+    assert "high" in preempted["message"]
+    wait_running(cluster, namespace, "high", 30)
+    assert phase(cluster, namespace, "low") in ("Restarting", "Queued")
+    # Preemption is not the job's fault: maxRestarts=0 does not fail it, and it resumes
+    # from its checkpoint once the preemptor is done.
+    wait_for(lambda: phase(cluster, namespace, "high") == "Succeeded", 30, what="high done")
+    tj = wait_running(cluster, namespace, "low", 30)
+    assert tj["status"]["restarts"] == 1
+    assert all(env_of(p)["WANKA_RESUME"] == "1" for p in live_pods(cluster, namespace, "low"))
