@@ -316,5 +316,5 @@ def test_higher_priority_gang_preempts_and_the_victim_resumes_later(
     # from its checkpoint once the preemptor is done.
     wait_for(lambda: phase(cluster, namespace, "high") == "Succeeded", 30, what="high done")
     tj = wait_running(cluster, namespace, "low", 30)
-    assert tj["status"]["restarts"] == 1
+    assert tj["status"]["restarts"] == 1 and tj["status"]["preemptions"] == 1
     assert all(env_of(p)["WANKA_RESUME"] == "1" for p in live_pods(cluster, namespace, "low"))

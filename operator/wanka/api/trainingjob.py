@@ -291,7 +291,11 @@ class TrainingJobStatus(WankaModel):
         default_factory=list, max_length=MAX_REPLICAS, description="Where each replica runs."
     )
     replicas_ready: int = Field(default=0, ge=0, description="Replicas running and ready.")
-    restarts: int = Field(default=0, ge=0, description="Gang restarts so far.")
+    restarts: int = Field(default=0, ge=0, description="Gang restarts so far (any cause).")
+    preemptions: int = Field(
+        default=0, ge=0,
+        description="Restarts caused by preemption; they do not count against maxRestarts.",
+    )
     excluded_nodes: list[str] = Field(
         default_factory=list,
         max_length=1024,

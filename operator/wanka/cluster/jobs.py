@@ -595,9 +595,11 @@ class JobReconciler:
         assert job.spec is not None
         policy = job.spec.restart_policy
         st = job.status.model_copy(deep=True)
-        if count_restart and st.restarts >= policy.max_restarts:
+        failures = st.restarts - st.preemptions
+        if count_restart and failures >= policy.max_restarts:
             self._fail(job, "RestartLimitExceeded",
-                       f"{message}; {st.restarts} restarts reached maxRestarts={policy.max_restarts}")
+                       f"{message}; {failures} restarts after failures reached "
+                       f"maxRestarts={policy.max_restarts}")
             return
         self._delete_pods(job, job.pods, self._grace(job))
         pods_ready = find_condition(st.conditions, "PodsReady")
@@ -608,6 +610,8 @@ class JobReconciler:
         lost = max(0.0, now - since) if attempt_start is not None else 0.0
         st.lost_seconds = round(st.lost_seconds + lost, 1)
         st.restarts += 1
+        if not count_restart:
+            st.preemptions += 1
         st.excluded_nodes = sorted(set(st.excluded_nodes) | set(bad_nodes))[-1024:]
         st.placement, st.replicas_ready, st.admitted_time = [], 0, None
         wait = backoff_seconds(st.restarts, policy.backoff_seconds, policy.max_backoff_seconds)
