@@ -174,3 +174,18 @@ def test_agent_file_probe_writes_condition_and_device_health(
     assert all(health[str(i)]["healthy"] for i in range(8) if i != 5)
     # kwok's conditions are still there.
     assert any(c.type == "Ready" and c.status == "True" for c in n.status.conditions)
+
+
+def test_a_silent_agent_is_a_signal(cluster: Cluster, operator: OperatorProcess) -> None:
+    _, names = health_pool(cluster, 5)
+    node = names[3]
+    stale = "2026-01-01T00:00:00Z"  # the agent's last heartbeat, long ago
+    cluster.core.patch_node_status(node, {"status": {"conditions": [{
+        "type": "GPUHealthy", "status": "True", "reason": "AllDevicesHealthy", "message": "ok",
+        "lastHeartbeatTime": stale, "lastTransitionTime": stale}]}})
+    taint = wait_for(lambda: our_taint(cluster, node), 10, what="taint for a silent agent")
+    assert taint == {"value": "AgentSilent", "effect": "NoSchedule"}, "silence is never fatal"
+    # The agent speaks again: the node recovers (after the stable window).
+    set_gpu_condition(cluster, node, "True", "AllDevicesHealthy")
+    wait_for(lambda: record(cluster, node).get("state") in ("Recovering", "Healthy"), 10,
+             what="recovering once the heartbeat is fresh")
