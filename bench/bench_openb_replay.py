@@ -2,10 +2,14 @@
 
 Prints one JSON document: per trace file, per policy, the median over seeds of unallocated
 GPUs (count and % of capacity) at 80, 90, 100 and 130% arrived, FGD's allocation rate at
-130%, and the replay time. Usage:
+130%, and the replay time. With `--results-dir`, each trace's runs (every step of every
+seed) and summary also go to `openb-<trace>.json` there, in `wanka simulate`'s format; with
+`--plot-dir`, its curves to `openb-<trace>.png`. Usage:
 
-    python bench/bench_openb_replay.py [--seeds 10] [--traces default,gpuspec33,...]
-        [--policies all] [--jobs 2] [--data /work/shared/data/openb] [--out results.json]
+    python bench/bench_openb_replay.py [--seeds 10] [--seeds-other 5]
+        [--traces default,gpuspec33,...] [--policies all] [--jobs 2]
+        [--data /work/shared/data/openb] [--out results.json]
+        [--results-dir docs/results] [--plot-dir docs/img]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
 from wanka.core.slicing import POLICIES
+from wanka.sim.cli import plot
 from wanka.sim.openb import Job, run_jobs, summarize
 
 TRACES = ("default", "gpuspec33", "gpushare40", "multigpu20")
@@ -38,6 +43,8 @@ def main() -> int:
     parser.add_argument("--first-seed", type=int, default=42)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--results-dir", default=None, help="write openb-<trace>.json here")
+    parser.add_argument("--plot-dir", default=None, help="draw openb-<trace>.png here")
     args = parser.parse_args()
 
     policies = list(POLICIES) if args.policies == "all" else args.policies.split(",")
@@ -55,6 +62,12 @@ def main() -> int:
             times = [r.seconds for r in replays if r.policy == name]
             row["seconds_max"] = round(max(times), 3)
         report["traces"][trace] = {"seeds": len(seeds), "policies": summary}  # type: ignore[index]
+        if args.results_dir:
+            doc = {"runs": [r.to_json() for r in replays], "summary": summary}
+            out = Path(args.results_dir) / f"openb-{trace}.json"
+            out.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+        if args.plot_dir:
+            plot(replays, str(Path(args.plot_dir) / f"openb-{trace}.png"), title=Path(pods).stem)
         print(f"# {trace}: {len(jobs)} replays done", file=sys.stderr, flush=True)
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(report, indent=1)

@@ -180,6 +180,23 @@ def test_simulate_json_shape_and_monotone_steps(tmp_path: Path) -> None:
     for s in steps:
         assert s["unallocated_gpus"] == pytest.approx(doc["gpus"] - s["allocated_gpus"], abs=1e-3)
         assert 0 <= s["fragmented_gpus"] <= s["unallocated_gpus"] + 1e-6
+        assert 0 <= s["stranded_gpus"] <= s["unallocated_gpus"] + 1e-6
+    assert steps[0]["stranded_gpus"] == 0  # an empty cluster strands nothing
+
+
+@pytest.mark.parametrize("policy", ["wanka", "clustering"])
+def test_stranded_gpus_are_the_operators_measure_on_the_final_cluster(
+    tmp_path: Path, policy: str
+) -> None:
+    nodes_csv, pods_csv = write_trace(tmp_path)
+    nodes, tasks = load_nodes(nodes_csv), load_tasks(pods_csv)
+    workload = target_workload(tasks)
+    seq = arrivals(tasks, sum(n.gpus for n in nodes) * 1000, seed=7)
+    got = replay(nodes, seq, policy, 7, workload)
+    shapes = [shape for shape, _ in workload.shapes]
+    want = stranded_milli(got.final, shapes) / 1000
+    assert got.steps[-1].stranded_gpus == pytest.approx(want)
+    assert want > 0  # the trace is over capacity: something is left that nobody can use
 
 
 def test_simulate_all_policies_several_seeds_and_plot(tmp_path: Path) -> None:

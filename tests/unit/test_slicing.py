@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 from dataclasses import dataclass, field
 
@@ -9,13 +10,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wanka.core.fragmentation import NodeState, Shape, Workload
+from wanka.core.fragmentation import (
+    NodeState,
+    Shape,
+    StateCache,
+    Workload,
+    node_state,
+    node_tags,
+    snapshot_states,
+)
 from wanka.core.slicing import (
     POLICIES,
     PolicyContext,
     SliceDecision,
     SliceRejection,
     SliceRequest,
+    evaluate,
     get_policy,
     place,
 )
@@ -303,6 +313,18 @@ def test_ties_follow_the_given_order() -> None:
     assert isinstance(got, SliceDecision) and got.node == "c"
 
 
+def test_excluded_nodes_are_left_out() -> None:
+    nodes = [make_node(n).gpus(1).obj() for n in ("a", "b")]
+    snap, pol, ctx = Snapshot(nodes=nodes), get_policy("wanka"), PolicyContext()
+    got = place(snap, share(100), pol, ctx, exclude={"a"})
+    assert isinstance(got, SliceDecision) and got.node == "b"
+    assert isinstance(place(snap, share(100), pol, ctx), SliceDecision)
+    none = place(snap, share(100), pol, ctx, exclude={"a", "b"})
+    assert isinstance(none, SliceRejection) and none.counts == {
+        "node unschedulable or unhealthy": 2
+    }
+
+
 def test_unknown_policy_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match="known: wanka"):
         get_policy("tetris")
@@ -391,9 +413,120 @@ def test_same_seed_same_decisions(policy: str, reqs: list[SliceRequest], seed: i
 
 
 def test_state_hides_capacity_nobody_can_use() -> None:
-    from wanka.core.fragmentation import node_state
-
     node = make_node("a").gpus(3).sick(0).used(1, 300, shares=2).obj()
     assert node_state(node, max_shares_per_device=2).free == (0, 0, WHOLE)
     assert node_state(node).free == (0, 700, WHOLE)
     assert isinstance(node_state(node), NodeState)
+
+
+# --- the fast path decides exactly like looking at every node ------------------------------
+def _oracle(
+    snap: Snapshot,
+    req: SliceRequest,
+    policy: str,
+    ctx: PolicyContext,
+    order: dict[str, int] | None,
+    max_shares: int | None,
+) -> tuple[str, tuple[int, ...]] | None:
+    """Every schedulable node scored on its own with `evaluate`; highest score, then rank."""
+    tags = node_tags(snap)
+    best: tuple[float, int, str, tuple[int, ...]] | None = None
+    for name, node in snap.nodes.items():
+        if not node.schedulable:
+            continue
+        state = node_state(node, max_shares, tags.get(name, frozenset()))
+        got = evaluate(state, req, get_policy(policy), ctx)
+        if got is None:
+            continue
+        rank = order.get(name, len(order)) if order is not None else 0
+        key = (-got[0], rank, name)
+        if best is None or key < (-best[0], best[1], best[2]):
+            best = (got[0], rank, name, got[1])
+    return None if best is None else (best[2], best[3])
+
+
+def _random_fleet(rng: random.Random) -> list[Node]:
+    """Many nodes of a few kinds (so identical states are common), some already in use."""
+    kinds = [("T4", 2, 32_000), ("A10", 4, 64_000), ("V100", 8, 96_000), ("A100", 8, 128_000)]
+    nodes = []
+    for k in range(40):
+        model, gpus, cpu = rng.choice(kinds)
+        b = make_node(f"n{k:02d}").gpus(gpus, model).cpu(cpu)
+        if rng.random() < 0.3:
+            b.used(rng.randrange(gpus), rng.choice([250, 500, 1000]))
+        if rng.random() < 0.05:
+            b.sick(0)
+        if rng.random() < 0.05:
+            b.cordoned()
+        nodes.append(b.obj())
+    return nodes
+
+
+def _random_request(rng: random.Random) -> SliceRequest:
+    cpu = rng.choice([0, 2000, 4000, 8000, 16_000])
+    models = rng.choice([frozenset(), frozenset({"V100"}), frozenset({"A10", "A100"})])
+    kind = rng.random()
+    if kind < 0.55:
+        return SliceRequest.fraction(
+            rng.choice([100, 250, 300, 500, 750, 900]), cpu_milli=cpu, models=models
+        )
+    if kind < 0.9:
+        return SliceRequest.whole(rng.choice([1, 1, 2, 4, 8]), cpu_milli=cpu, models=models)
+    return SliceRequest(cpu_milli=cpu)
+
+
+@pytest.mark.parametrize("policy", ["wanka", "fgd", "bestfit", "dotprod", "packing", "clustering"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_grouped_place_decides_like_every_node_scored_alone(policy: str, seed: int) -> None:
+    # A seeded random cycle: place, apply, sometimes release. The grouped, cached path (with
+    # the snapshot's state cache or with states passed in) must pick what the oracle picks.
+    rng = random.Random(seed)
+    snap = Snapshot(nodes=_random_fleet(rng))
+    shapes = [_random_request(rng).shape for _ in range(30)]
+    workload = Workload.from_shapes(shapes)
+    names = sorted(snap.nodes)
+    rng.shuffle(names)
+    order = {n: r for r, n in enumerate(names[:-3])} if seed == 1 else None  # some unranked
+    max_shares = 3 if seed == 2 else None
+    pol, ctx, oracle_ctx = get_policy(policy), PolicyContext(workload), PolicyContext(workload)
+    placed: list[str] = []
+    decisions = 0
+    for k in range(120):
+        req = _random_request(rng)
+        want = _oracle(snap, req, policy, oracle_ctx, order, max_shares)
+        states = snapshot_states(snap, max_shares) if k % 3 == 0 else None
+        got = place(
+            snap, req, pol, ctx, order=order, states=states, max_shares_per_device=max_shares
+        )
+        if want is None:
+            assert isinstance(got, SliceRejection), k
+            continue
+        assert isinstance(got, SliceDecision), (k, got)
+        assert (got.node, tuple(d.index for d in got.devices)) == want, k
+        snap.apply(got.allocation("t", str(k), req))
+        placed.append(str(k))
+        decisions += 1
+        if rng.random() < 0.15:  # a departure: the state cache must notice it
+            snap.release("t", placed.pop(rng.randrange(len(placed))))
+    assert decisions > 30
+
+
+def test_state_cache_follows_apply_and_release() -> None:
+    snap = Snapshot(nodes=_fleet())
+    cache = StateCache()
+    assert cache.states_of(snap) == snapshot_states(snap)
+    alloc = Allocation("o", "0", "c", cpu_milli=1000, devices=(DeviceShare(2, 300),))
+    snap.apply(alloc)
+    after_apply = cache.states_of(snap)
+    assert after_apply == snapshot_states(snap)
+    assert after_apply["c"].free[2] == 700 and after_apply["c"].tags == {"share"}
+    assert cache.states_of(snap) is after_apply  # unchanged snapshot: no rebuild
+    snap.release("o")
+    assert cache.states_of(snap) == snapshot_states(snap)
+    assert cache.states_of(snap, max_shares_per_device=1) == snapshot_states(snap, 1)
+
+
+def test_node_state_hash_survives_pickling() -> None:
+    state = node_state(make_node("a").gpus(2, "A10").used(0, 300).obj(), None, frozenset({"x"}))
+    copy = pickle.loads(pickle.dumps(state))
+    assert copy == state and hash(copy) == hash(state) and {state: 1}[copy] == 1

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from wanka.core.snapshot import WHOLE, Node, Snapshot
+from wanka.core.snapshot import WHOLE, Allocation, Node, Snapshot
 
 _NO_LIMIT = 1 << 30  # stands for "unbounded" in copy counts; far above any real count
 
@@ -247,31 +247,33 @@ def node_state(
     Equal states are the same object (interned), so callers can spot unchanged nodes by
     identity, which is how `place` reuses its work across the decisions of a cycle.
     """
+    devices = node.devices
     opaque_left = node.opaque_gpus
-    free: list[int] = []
-    memory: list[int] = []
-    has_memory = False
-    for dev in node.devices:
-        used = dev.used_milli
-        usable = WHOLE - used if dev.healthy else 0
-        if used == 0 and dev.shares == 0 and opaque_left > 0 and usable == WHOLE:
-            # Pods we do not place hold some idle devices; the device plugin picks which.
-            opaque_left -= 1
-            usable = 0
-        if max_shares_per_device is not None and dev.shares >= max_shares_per_device:
-            usable = 0
-        free.append(usable)
-        if dev.memory_mib > 0:
-            has_memory = True
-            memory.append(dev.memory_mib - dev.used_memory_mib)
-        else:
-            memory.append(0)
+    if opaque_left == 0 and max_shares_per_device is None:  # the common case, quickly
+        free = [WHOLE - dev.used_milli if dev.healthy else 0 for dev in devices]
+    else:
+        free = []
+        for dev in devices:
+            used = dev.used_milli
+            usable = WHOLE - used if dev.healthy else 0
+            if used == 0 and dev.shares == 0 and opaque_left > 0 and usable == WHOLE:
+                # Pods we do not place hold some idle devices; the device plugin picks which.
+                opaque_left -= 1
+                usable = 0
+            if max_shares_per_device is not None and dev.shares >= max_shares_per_device:
+                usable = 0
+            free.append(usable)
+    memory: tuple[int, ...] = ()
+    if any(dev.memory_mib > 0 for dev in devices):
+        memory = tuple(
+            dev.memory_mib - dev.used_memory_mib if dev.memory_mib > 0 else 0 for dev in devices
+        )
     key = (
         node.model,
         node.cpu_milli - node.used_cpu_milli,
         node.memory_mib - node.used_memory_mib,
         tuple(free),
-        tuple(memory) if has_memory else (),
+        memory,
         tags,
     )
     state = _INTERNED.get(key)
@@ -294,15 +296,18 @@ def work_tag(gpu_milli: int, gpus: int) -> str | None:
     return f"{gpus}-gpu"
 
 
+def allocation_tag(alloc: Allocation) -> str | None:
+    """The kind of GPU work one allocation is (see `work_tag`)."""
+    if alloc.devices:
+        return work_tag(max(s.milli for s in alloc.devices), len(alloc.devices))
+    return work_tag(WHOLE, alloc.opaque_gpus)
+
+
 def node_tags(snapshot: Snapshot) -> Mapping[str, frozenset[str]]:
     """The kinds of GPU work on each node, from the snapshot's allocations."""
     tags: dict[str, set[str]] = {}
     for alloc in snapshot.allocations.values():
-        if alloc.devices:
-            milli = max(s.milli for s in alloc.devices)
-            tag = work_tag(milli, len(alloc.devices))
-        else:
-            tag = work_tag(WHOLE, alloc.opaque_gpus)
+        tag = allocation_tag(alloc)
         if tag is not None:
             tags.setdefault(alloc.node, set()).add(tag)
     return {name: frozenset(t) for name, t in tags.items()}
@@ -318,6 +323,62 @@ def snapshot_states(
         for name, node in snapshot.nodes.items()
         if node.schedulable
     }
+
+
+class StateCache:
+    """`snapshot_states` for the decisions of one scheduling cycle, rebuilt only where needed.
+
+    A `Snapshot` changes only through `apply` and `release` (its contract). When the same
+    snapshot comes back with the same node objects and its allocations only grew, only the
+    nodes of the new allocations are read again; anything else rebuilds every state. A node
+    edited in place behind the snapshot's back needs a new cache (or a fresh
+    `snapshot_states`). Returns a new mapping whenever a state changed; never mutate it.
+    """
+
+    __slots__ = ("allocs", "flags", "max_shares", "nodes", "snapshot", "states")
+
+    def __init__(self) -> None:
+        self.snapshot: Snapshot | None = None
+        self.max_shares: int | None = None
+        self.nodes: list[Node] = []
+        self.flags: list[bool] = []
+        self.allocs: list[Allocation] = []
+        self.states: dict[str, NodeState] = {}
+
+    def states_of(
+        self, snapshot: Snapshot, max_shares_per_device: int | None = None
+    ) -> dict[str, NodeState]:
+        nodes = list(snapshot.nodes.values())
+        flags = [n.schedulable for n in nodes]
+        allocs = list(snapshot.allocations.values())
+        if (
+            snapshot is self.snapshot
+            and max_shares_per_device == self.max_shares
+            and nodes == self.nodes
+            and flags == self.flags
+        ):
+            known = len(self.allocs)
+            if allocs == self.allocs:
+                return self.states
+            if len(allocs) > known and allocs[:known] == self.allocs:
+                states = dict(self.states)
+                added: dict[str, set[str]] = {}
+                for alloc in allocs[known:]:
+                    tag = allocation_tag(alloc)
+                    added.setdefault(alloc.node, set())
+                    if tag is not None:
+                        added[alloc.node].add(tag)
+                for name, tags in added.items():
+                    old = states.get(name)
+                    if old is not None:
+                        node = snapshot.nodes[name]
+                        states[name] = node_state(node, max_shares_per_device, old.tags | tags)
+                self.allocs, self.states = allocs, states
+                return states
+        self.snapshot, self.max_shares = snapshot, max_shares_per_device
+        self.nodes, self.flags, self.allocs = nodes, flags, allocs
+        self.states = snapshot_states(snapshot, max_shares_per_device)
+        return self.states
 
 
 def snapshot_stranded(

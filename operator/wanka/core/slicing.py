@@ -8,19 +8,20 @@ simulator is a number about the operator. Ties go to the lowest rank in a fixed 
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from wanka.core.fragmentation import (
     NodeState,
     Shape,
+    StateCache,
     Workload,
     fgd_fragmentation,
-    snapshot_states,
     wanka_fragmentation,
     work_tag,
 )
@@ -116,6 +117,10 @@ class PolicyContext:
     results: dict[tuple[str, NodeState, SliceRequest], Candidate | None] = field(
         default_factory=dict
     )
+    # Per policy: the nodes of the last `place` grouped by state, reused by the next one.
+    indexes: dict[str, _NodeIndex] = field(default_factory=dict)
+    # Node states of the last snapshot `place` read, kept up to date across a cycle.
+    states: StateCache = field(default_factory=StateCache)
 
     def fgd_frag(self, state: NodeState) -> float:
         key = (state.model, state.cpu_free, state.free)
@@ -445,6 +450,112 @@ def cached_evaluate(
     return result
 
 
+class _Group:
+    """Nodes in one state: their (rank, name) tie keys, sorted, and results per request id."""
+
+    __slots__ = ("keys", "results", "state")
+
+    def __init__(self, state: NodeState) -> None:
+        self.state = state
+        self.keys: list[tuple[int, str]] = []
+        self.results: dict[int, Candidate | None] = {}
+
+
+_MISSING: Candidate = (float("nan"), ())
+
+
+class _NodeIndex:
+    """The nodes of a scheduling cycle grouped by identical `NodeState`.
+
+    Each distinct state is evaluated once per request shape, and groups survive between
+    decisions: only nodes whose state changed (by identity; `node_state` interns states)
+    move. Results are kept per group, keyed by a small request id, until the group empties.
+    """
+
+    __slots__ = ("groups", "names", "order_copy", "req_ids", "state_of", "values")
+
+    def __init__(self) -> None:
+        self.groups: dict[NodeState, _Group] = {}
+        self.state_of: dict[str, NodeState] = {}
+        self.names: list[str] = []
+        self.values: list[NodeState] = []
+        self.order_copy: dict[str, int] | None = None
+        self.req_ids: dict[SliceRequest, int] = {}
+
+    def sync(self, states: Mapping[str, NodeState], order: Mapping[str, int] | None) -> None:
+        """Bring the groups up to date with `states` and the tie `order`."""
+        same_order = (order is None and self.order_copy is None) or (
+            order is not None and self.order_copy is not None and order == self.order_copy
+        )
+        if not same_order:
+            self.groups.clear()
+            self.state_of.clear()
+            self.names, self.values = [], []
+            self.order_copy = dict(order) if order is not None else None
+        names = list(states)
+        values = list(states.values())
+        if names == self.names and values == self.values:
+            return  # unchanged (compared by identity first, in C)
+        size = len(self.order_copy) if self.order_copy is not None else 0
+        seen = set(names) if len(names) != len(self.state_of) or names != self.names else None
+        for name, state in zip(names, values, strict=True):
+            old = self.state_of.get(name)
+            if old is state:
+                continue
+            if old is not None:
+                if old == state:
+                    self.state_of[name] = state
+                    continue
+                self._remove(name, old, size)
+            self.state_of[name] = state
+            group = self.groups.get(state)
+            if group is None:
+                group = self.groups[state] = _Group(state)
+            rank = self.order_copy.get(name, size) if self.order_copy is not None else 0
+            bisect.insort(group.keys, (rank, name))
+        if seen is not None:
+            for name in [n for n in self.state_of if n not in seen]:
+                self._remove(name, self.state_of.pop(name), size)
+        self.names, self.values = names, values
+
+    def _remove(self, name: str, state: NodeState, size: int) -> None:
+        group = self.groups[state]
+        rank = self.order_copy.get(name, size) if self.order_copy is not None else 0
+        del group.keys[bisect.bisect_left(group.keys, (rank, name))]
+        if not group.keys:
+            del self.groups[state]
+
+    def best(
+        self, req: SliceRequest, policy: SlicePolicy, ctx: PolicyContext
+    ) -> tuple[float, int, str, tuple[int, ...]] | None:
+        """The highest score, then the lowest (rank, name): exactly `place`'s rule."""
+        rid = self.req_ids.get(req)
+        if rid is None:
+            if len(self.req_ids) > 10_000:  # ids are only local keys; start afresh
+                self.req_ids.clear()
+                for group in self.groups.values():
+                    group.results.clear()
+            rid = self.req_ids[req] = len(self.req_ids)
+        best_score = float("-inf")
+        best_key: tuple[int, str] | None = None
+        best_devices: tuple[int, ...] = ()
+        for group in self.groups.values():
+            result = group.results.get(rid, _MISSING)
+            if result is _MISSING:
+                result = group.results[rid] = cached_evaluate(group.state, req, policy, ctx)
+            if result is None:
+                continue
+            score = result[0]
+            if score < best_score:
+                continue
+            key = group.keys[0]
+            if score > best_score or (best_key is not None and key < best_key):
+                best_score, best_key, best_devices = score, key, result[1]
+        if best_key is None:
+            return None
+        return best_score, best_key[0], best_key[1], best_devices
+
+
 @dataclass(frozen=True, slots=True)
 class SliceDecision:
     """Where a request goes: a node, and a share of each chosen device."""
@@ -481,35 +592,48 @@ def place(
     max_shares_per_device: int | None = None,
     order: Mapping[str, int] | None = None,
     states: Mapping[str, NodeState] | None = None,
+    exclude: Collection[str] = (),
 ) -> SliceDecision | SliceRejection:
     """The best node for `req` under `policy`, or why there is none.
 
     `order` ranks nodes for ties (lowest wins); by default node names in sorted order, so the
     same snapshot always gives the same decision. `states` (from `snapshot_states`, kept up
-    to date with `after`) lets a scheduling cycle place many requests without rebuilding them.
+    to date with `after`) lets a scheduling cycle place many requests without rebuilding them;
+    without it, `ctx` rebuilds only the nodes the snapshot's new allocations touched (see
+    `StateCache`). Identical nodes are scored once, and their scores are kept in `ctx` for
+    the next decision, so reuse one `ctx` for the decisions of a cycle. Nodes named in
+    `exclude` are left out (and counted as unschedulable in a rejection).
     """
     bad = req.invalid()
     if bad is not None:
         return SliceRejection(f"invalid request: {bad}", {})
     ctx = ctx if ctx is not None else PolicyContext()
     if states is None:
-        states = snapshot_states(snapshot, max_shares_per_device)
+        states = ctx.states.states_of(snapshot, max_shares_per_device)
+    if exclude:
+        states = {name: state for name, state in states.items() if name not in exclude}
     best: tuple[float, int, str, tuple[int, ...]] | None = None
-    fits_none = True
-    for name, state in states.items():
-        result = cached_evaluate(state, req, policy, ctx)
-        if result is None:
-            continue
-        fits_none = False
-        rank = order.get(name, len(order)) if order is not None else 0
-        score, devices = result
-        if (
-            best is None
-            or score > best[0]
-            or (score == best[0] and (rank, name) < (best[1], best[2]))
-        ):
-            best = (score, rank, name, devices)
-    if best is None or fits_none:
+    if policy.cacheable:
+        # Identical nodes score alike: evaluate each distinct state once (see `_NodeIndex`).
+        index = ctx.indexes.get(policy.name)
+        if index is None:
+            index = ctx.indexes[policy.name] = _NodeIndex()
+        index.sync(states, order)
+        best = index.best(req, policy, ctx)
+    else:
+        for name, state in states.items():
+            result = cached_evaluate(state, req, policy, ctx)
+            if result is None:
+                continue
+            rank = order.get(name, len(order)) if order is not None else 0
+            score, devices = result
+            if (
+                best is None
+                or score > best[0]
+                or (score == best[0] and (rank, name) < (best[1], best[2]))
+            ):
+                best = (score, rank, name, devices)
+    if best is None:
         why: Counter[str] = Counter(
             r for r in (fit_reason(s, req) for s in states.values()) if r is not None
         )
