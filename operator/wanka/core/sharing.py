@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from wanka.core.fragmentation import Shape, Workload, snapshot_states
+from wanka.core.fragmentation import Shape, Workload
 from wanka.core.gang import BEST_FIT_SLICES, GangPlacement, GangResult, Writer
 from wanka.core.requests import GangRequest
 from wanka.core.slicing import PolicyContext, SliceDecision, SliceRequest, get_policy, place
@@ -74,13 +74,11 @@ class FragmentationAwareShares:
         done = []
         reason = ""
         for member in range(req.replicas):
-            states = {
-                name: state
-                for name, state in snapshot_states(snapshot, self.max_shares_per_device).items()
-                if name not in req.excluded_nodes
-            }
+            # One context for the whole gang: place() keeps node states and scores in it and
+            # re-reads only the nodes our own applies touched.
             decision = place(snapshot, one, policy, ctx,
-                             max_shares_per_device=self.max_shares_per_device, states=states)
+                             max_shares_per_device=self.max_shares_per_device,
+                             exclude=req.excluded_nodes)
             if not isinstance(decision, SliceDecision):
                 reason = (f"replica {member + 1}/{req.replicas} of {req.describe()}: "
                           f"{decision.reason}")
