@@ -21,7 +21,7 @@ from wanka.api.gpupool import (
 )
 from wanka.cluster.cache import FleetCache
 from wanka.cluster.mig import read_geometry
-from wanka.cluster.translate import PoolView, build_pool_snapshot
+from wanka.cluster.translate import build_pool_snapshot
 from wanka.api.trainingjob import TrainingJobSpec
 from wanka.cluster.translate import pod_requests
 from wanka.core.accounting import PoolSummary, summarize
@@ -52,25 +52,34 @@ def invalid_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def pool_shapes(jobs: Iterable[Mapping[str, Any]], pool: str, spec: GPUPoolSpec) -> list[Shape]:
+def job_shape(job: Mapping[str, Any], resource: str) -> Shape | None:
+    """One replica's request shape, or None for an invalid spec or a MIG/CPU-only request."""
+    try:
+        tj = TrainingJobSpec.model_validate(job.get("spec") or {})
+    except ValidationError:
+        return None
+    cpu = pod_requests({"spec": tj.template.wire()["spec"]}, resource)[0]
+    res = tj.resources
+    if res.gpu_fraction is not None:
+        return Shape(cpu, res.gpu_milli, 1)
+    if res.gpus:
+        return Shape(cpu, WHOLE, res.gpus)
+    return None
+
+
+def pool_shapes(jobs: Iterable[Mapping[str, Any]], pool: str, spec: GPUPoolSpec,
+                shape_of: Callable[[Mapping[str, Any]], Shape | None] | None = None) -> list[Shape]:
     """The request shapes of a pool's unfinished jobs: what its free capacity must serve.
     Free capacity none of them can use is stranded."""
+    shape_of = shape_of or (lambda job: job_shape(job, spec.accelerator.resource_name))
     shapes = set()
     for job in jobs:
-        raw_spec = job.get("spec") or {}
         phase = (job.get("status") or {}).get("phase")
-        if raw_spec.get("pool") != pool or phase in ("Succeeded", "Failed", "Suspended"):
+        if (job.get("spec") or {}).get("pool") != pool or phase in ("Succeeded", "Failed", "Suspended"):
             continue
-        try:
-            tj = TrainingJobSpec.model_validate(raw_spec)
-        except ValidationError:
-            continue
-        cpu = pod_requests({"spec": tj.template.wire()["spec"]}, spec.accelerator.resource_name)[0]
-        res = tj.resources
-        if res.gpu_fraction is not None:
-            shapes.add(Shape(cpu, res.gpu_milli, 1))
-        elif res.gpus:
-            shapes.add(Shape(cpu, WHOLE, res.gpus))
+        shape = shape_of(job)
+        if shape is not None:
+            shapes.add(shape)
     return sorted(shapes, key=lambda s: (s.gpus, s.gpu_milli, s.cpu_milli))
 
 
@@ -141,19 +150,8 @@ class PoolReconciler:
     guard: Mapping[str, PoolCondition] = field(default_factory=dict)
     _last: dict[str, dict[str, Any]] = field(default_factory=dict)
     _invalid: dict[str, str] = field(default_factory=dict)
-
-    def views(self) -> dict[str, tuple[GPUPoolSpec, PoolView]]:
-        """Each valid pool's spec and snapshot (also used by the scheduler)."""
-        nodes = self.cache.store("nodes").values()
-        pods = self.cache.store("pods").values()
-        out = {}
-        for pool in self.cache.store("gpupools").values():
-            try:
-                spec = parse_spec(pool)
-            except ValidationError:
-                continue
-            out[pool["metadata"]["name"]] = (spec, build_pool_snapshot(spec, nodes, pods))
-        return out
+    # A job's spec only changes with its generation: validate it once, not every second.
+    _shapes: dict[tuple[str, int, str], Shape | None] = field(default_factory=dict)
 
     def reconcile_all(self) -> None:
         nodes = self.cache.store("nodes").values()
@@ -184,7 +182,8 @@ class PoolReconciler:
             return
         self._invalid.pop(name, None)
         view = build_pool_snapshot(spec, nodes, pods)
-        shapes = pool_shapes(self.cache.store("trainingjobs").values(), name, spec)
+        shapes = pool_shapes(self.cache.store("trainingjobs").values(), name, spec,
+                             lambda job: self._shape(job, spec.accelerator.resource_name))
         stranded = snapshot_stranded(view.snapshot, shapes, spec.sharing.max_shares_per_device)
         summary = summarize(view.snapshot, stranded_milli=stranded if shapes else 0)
         if self.on_summary:
@@ -196,6 +195,15 @@ class PoolReconciler:
             for n in nodes if n["metadata"]["name"] in view.snapshot.nodes)
         self._announce(pool, previous, status)
         self._write(pool, name, status)
+
+    def _shape(self, job: Mapping[str, Any], resource: str) -> Shape | None:
+        meta = job.get("metadata") or {}
+        key = (str(meta.get("uid")), int(meta.get("generation") or 0), resource)
+        if key not in self._shapes:
+            if len(self._shapes) > 100_000:
+                self._shapes.clear()  # bound the memo; deleted jobs' entries go with it
+            self._shapes[key] = job_shape(job, resource)
+        return self._shapes[key]
 
     def _previous_status(self, pool: Mapping[str, Any]) -> GPUPoolStatus | None:
         raw = pool.get("status")
