@@ -166,3 +166,36 @@ def test_plan_is_deterministic() -> None:
     devs = [MigDevice(f"n{i % 3}", i, H100) for i in range(6)]
     demand = {"1g.10gb": 5, "2g.20gb": 3, "3g.40gb": 2}
     assert plan_mig(devs, demand) == plan_mig(list(reversed(devs)), demand)
+
+
+def test_plan_counts_instances_still_being_applied_and_leaves_that_device_alone() -> None:
+    """Demand already covered by a change in flight is not planned a second time."""
+    devs = [
+        MigDevice("a", 0, H100, geo("1g.10gb@0", "1g.10gb@1", "1g.10gb@2", "1g.10gb@3", "3g.40gb@4"),
+                  settling=True),
+        MigDevice("b", 0, H100),
+        MigDevice("b", 1, H100),
+    ]
+    plan = plan_mig(devs, {"1g.10gb": 10})
+    assert plan.from_existing == {"1g.10gb": 4}
+    assert [(c.node, c.index) for c in plan.changes] == [("b", 0)]
+    assert plan.unserved == {}
+    # A settling device is never the one repartitioned, even when nothing else could serve.
+    alone = plan_mig(devs[:1], {"7g.80gb": 1})
+    assert alone.changes == () and alone.unserved == {"7g.80gb": 1}
+
+
+def test_repartitions_skip_a_node_whose_change_is_in_flight_but_count_its_instances() -> None:
+    from wanka.cluster.mig import MigNode, plan_repartitions
+
+    four_and_three = geo("1g.10gb@0", "1g.10gb@1", "1g.10gb@2", "1g.10gb@3", "3g.40gb@4")
+    nodes = {
+        "a": MigNode("a", H100, 8, {0: four_and_three}, ready=False),
+        "b": MigNode("b", H100, 8, {}),
+    }
+    changes, reasons = plan_repartitions(nodes, {"1g.10gb": 10}, ["1g.10gb", "3g.40gb", "7g.80gb"])
+    assert reasons == []
+    assert [c.node for c in changes] == ["b"]
+    (change,) = changes
+    assert list(change.geometry) == [0], "one more device covers the 6 not in flight"
+    assert sum(1 for i in change.geometry[0] if i.profile == "1g.10gb") >= 6

@@ -64,6 +64,7 @@ from wanka.cluster.translate import (
     node_ready,
     pod_requests,
 )
+from wanka.core.mig import Geometry
 from wanka.core.queueing import Admit, PoolQuota, Preempt, QueueSpec, SchedulerConfig, Wait, schedule
 from wanka.core.requests import GangRequest, InvalidRequest
 from wanka.core.sharing import FragmentationAwareShares, workload_of
@@ -244,6 +245,8 @@ class JobReconciler:
     # Status we wrote but the watch has not brought back yet: (version written against, status).
     _assumed: dict[str, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
     _queue_status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # MIG changes we sent but the watch has not brought back: node -> (version, geometry).
+    _mig_sent: dict[str, tuple[str | None, dict[int, Geometry]]] = field(default_factory=dict)
 
     # --- reading the cache ---------------------------------------------------------------
     def _jobs(self) -> list[Job]:
@@ -707,6 +710,12 @@ class JobReconciler:
                           pool.accelerator.resource_name,
                           lambda n: pool.accelerator.model or n["metadata"].get("labels", {}).get(
                               "wanka.io/gpu-model", ""))
+        for name, (version, geometry) in list(self._mig_sent.items()):
+            cached = self.cache.store("nodes").get("", name) or {}
+            if cached.get("metadata", {}).get("resourceVersion") != version:
+                del self._mig_sent[name]  # the watch caught up: the node itself says what it is
+            elif name in nodes:  # our change is not in the cache yet: plan as if it were
+                nodes[name].geometry, nodes[name].ready = dict(geometry), False
         usage: dict[str, float] = {}
         for j in active:
             assert j.spec is not None
@@ -785,11 +794,13 @@ class JobReconciler:
         text = merge_configmap(current, change.name, render_config(change.geometry, devices))
         self.io.put_configmap(self.mig_namespace, MIG_CONFIGMAP, {MIG_CONFIGMAP_KEY: text})
         node = self.cache.store("nodes").get("", change.node) or {}
+        version = node.get("metadata", {}).get("resourceVersion")
         self.io.patch_node(change.node, {"metadata": {
-            "resourceVersion": node.get("metadata", {}).get("resourceVersion"),
+            "resourceVersion": version,
             "labels": {MIG_CONFIG_LABEL: change.name},
             "annotations": {MIG_GEOMETRY_ANNOTATION: encode_geometry(change.geometry)},
         }})
+        self._mig_sent[change.node] = (version, dict(change.geometry))
         self.events.record({**node, "apiVersion": "v1", "kind": "Node"}, "Normal", "MIGRepartition",
                            f"MIG config {change.name}: " + "; ".join(
                                f"GPU {d}: {'+'.join(i.profile for i in g)}"

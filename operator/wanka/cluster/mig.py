@@ -177,14 +177,15 @@ def plan_repartitions(nodes: Mapping[str, MigNode], demand: Mapping[str, int],
     for node in nodes.values():
         if mig_model(node.model) is None:
             continue
-        if node.whole_gpu_pods > 0 or not node.ready:
-            # We cannot tell which whole device a GPU pod holds, and a node whose last change
-            # is still being applied must settle first: leave the whole node alone.
+        if node.whole_gpu_pods > 0:
+            # We cannot tell which whole device a GPU pod holds: leave the whole node alone.
             continue
         for dev in range(node.devices):
             geo = tuple(MigInstance(i.profile, i.start, (dev, i.start) in node.used)
                         for i in node.geometry.get(dev, ()))
-            devices.append(MigDevice(node.name, dev, node.model, geo))
+            # A node whose last change is still being applied must settle before it changes
+            # again, but the instances it is about to offer already count against demand.
+            devices.append(MigDevice(node.name, dev, node.model, geo, settling=not node.ready))
     plan = plan_mig(devices, demand, allowed)
     changed: dict[str, dict[int, Geometry]] = {}
     for change in plan.changes:

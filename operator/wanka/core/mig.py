@@ -171,6 +171,9 @@ class MigDevice:
     model: str
     geometry: Geometry = ()
     healthy: bool = True
+    # A change to this device is still being applied: its planned instances count as supply
+    # (so the same demand is not planned twice) but the device is not repartitioned again.
+    settling: bool = False
 
     @property
     def busy(self) -> bool:
@@ -227,7 +230,8 @@ def plan_mig(
 ) -> MigPlan:
     """Propose geometries for idle devices that serve `demand` (profile -> instances).
 
-    1. Free instances already carved (on any healthy device) serve demand first: no churn.
+    1. Free instances already carved (on any healthy device, including devices whose new
+       geometry is still being applied) serve demand first: no churn, no double planning.
     2. Remaining demand is packed onto idle devices, already partitioned ones before whole
        ones, each getting the maximal geometry that serves the most demand (in compute
        slices), then leaves the biggest free instances, then changes least. Devices with
@@ -246,7 +250,7 @@ def plan_mig(
         for p, n in served.items():
             left[p] -= n
             from_existing[p] = from_existing.get(p, 0) + n
-        if not dev.busy and not served and mig_model(dev.model) is not None:
+        if not dev.busy and not dev.settling and not served and mig_model(dev.model) is not None:
             idle.append(dev)
     left = {p: n for p, n in left.items() if n > 0}
     changes: list[MigChange] = []
