@@ -272,12 +272,17 @@ def test_metrics_cover_gangs_and_health(
     fleet = make_fleet(cluster, namespace, nodes=2, racks=1)
     make_job(cluster, namespace, fleet, "metered", replicas=2, gpus=8)
     wait_running(cluster, namespace, "metered")
+    expected = ("wanka_build_info", "wanka_binds_total", "wanka_gang_wait_seconds_bucket",
+                "wanka_gang_placement_duration_seconds_bucket", "wanka_reconcile_duration_seconds_bucket",
+                f'wanka_pool_gpus{{pool="{fleet.pool}",state="allocated"}} 16.0',
+                f'wanka_pool_devices{{pool="{fleet.pool}",use="full"}} 16.0',
+                f'wanka_pool_nodes{{health="healthy",pool="{fleet.pool}"}} 2.0')
+    # The job's phase is written in the jobs pass; the pool gauges follow in the pool pass of the
+    # same or the next tick, so the scrape waits for them rather than racing that pass.
+    wait_for(lambda: all(name in operator.metrics() for name in expected), 10,
+             what="pool gauges reflecting the running gang")
     text = operator.metrics()
-    for name in ("wanka_build_info", "wanka_binds_total", "wanka_gang_wait_seconds_bucket",
-                 "wanka_gang_placement_duration_seconds_bucket", "wanka_reconcile_duration_seconds_bucket",
-                 f'wanka_pool_gpus{{pool="{fleet.pool}",state="allocated"}} 16.0',
-                 f'wanka_pool_devices{{pool="{fleet.pool}",use="full"}} 16.0',
-                 f'wanka_pool_nodes{{health="healthy",pool="{fleet.pool}"}} 2.0'):
+    for name in expected:
         assert name in text, name
     binds = [line for line in text.splitlines() if line.startswith('wanka_binds_total{result="bound"}')]
     assert binds and float(binds[0].split()[-1]) >= 2

@@ -63,7 +63,9 @@ def test_forty_quarter_slices_fill_exactly_ten_devices(
         assert env["NVIDIA_VISIBLE_DEVICES"] == dev.split(":")[0]
         assert env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "25"
         assert "nvidia.com/gpu" not in (pod.spec.containers[0].resources.limits or {})
-    status = pool_gpus(cluster, fleet.pool)
+    # Pool status follows the jobs' phases in the pool pass; wait for it to catch up, then check it.
+    status = wait_for(lambda: (s := pool_gpus(cluster, fleet.pool)).get("devices", {}).get("full") == 10 and s,
+                      10, what="pool status: 10 full devices")
     assert status["devices"]["full"] == 10 and status["devices"]["idle"] == 22
     assert status["gpus"]["allocated"] == 10
 
