@@ -35,7 +35,8 @@ crds: venv ## regenerate crds/ (and the chart's copy) from the API models
 crds-check: venv ## fail if crds/ is stale
 	$(VPY) -m wanka.cli crds --out crds --out charts/wanka/crds --check
 
-lint: venv ## import layering contract, mypy --strict, stale CRDs
+lint: venv ## ruff, import layering contract, mypy --strict, stale CRDs
+	$(VENV)/bin/ruff check operator tests bench hack examples
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(MAKE) --no-print-directory crds-check

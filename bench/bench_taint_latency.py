@@ -101,7 +101,7 @@ def main() -> int:
         watcher.stop = True
         metrics = env.operator.metrics() if env.operator else ""
     lat = sorted(latencies)
-    p99 = lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]
+    p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
     print(json.dumps({
         "benchmark": "node condition -> wanka.io/unhealthy taint (watch-observed)",
         "nodes": args.nodes, "transitions": len(lat),

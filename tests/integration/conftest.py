@@ -149,7 +149,7 @@ class OperatorProcess:
         if self.proc and self.proc.poll() is not None:
             raise AssertionError(f"operator exited {self.proc.returncode}:\n{self.log_tail()}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as r:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as r:
                 return bool(r.status == 200)
         except OSError:
             return False
@@ -157,7 +157,7 @@ class OperatorProcess:
     def metrics(self) -> str:
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             return str(r.read().decode())
 
     def kill(self) -> None:

@@ -118,7 +118,8 @@ CASES = [
          "gang.minAvailable cannot exceed replicas"),
     Case("template without containers", "trainingjobs", job,
          set_path("spec.template", {"spec": {"containers": []}}),
-         "spec.template.spec.containers: Invalid value: 0: spec.template.spec.containers in body should have at least 1 items"),
+         "spec.template.spec.containers: Invalid value: 0: "
+         "spec.template.spec.containers in body should have at least 1 items"),
     Case("template without spec", "trainingjobs", job, set_path("spec.template", {}),
          'spec.template.spec: Required value'),
     Case("name too long", "trainingjobs", lambda: job("a" * 53), lambda o: None,
@@ -181,7 +182,9 @@ def test_bad_input_is_rejected_with_a_clear_message(cluster: Cluster, namespace:
 
 
 @pytest.mark.parametrize("plural,base", [("trainingjobs", job), ("gpupools", pool), ("tenantqueues", queue)])
-def test_unknown_fields_are_rejected(cluster: Cluster, namespace: str, plural: str, base: Callable[[], dict[str, Any]]) -> None:
+def test_unknown_fields_are_rejected(
+    cluster: Cluster, namespace: str, plural: str, base: Callable[[], dict[str, Any]]
+) -> None:
     body = base()
     body["spec"]["replicaz"] = 3
     ns = namespace if plural == "trainingjobs" else ""

@@ -20,7 +20,6 @@ from tests.integration.jobkit import (
     pods,
     wait_running,
 )
-
 from wanka.sdk import Reporter, Settings
 
 pytestmark = pytest.mark.integration

@@ -78,7 +78,7 @@ def test_ten_small_instances_on_idle_h100s(cluster: Cluster, operator: OperatorP
         assert any(labelled.values()), labelled
         cm = yaml.safe_load(cluster.core.read_namespaced_config_map(
             "wanka-mig-parted-config", "default").data["config.yaml"])
-        for node, config in labelled.items():
+        for config in labelled.values():
             if not config:
                 continue
             entries = cm["mig-configs"][config]

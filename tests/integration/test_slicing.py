@@ -38,7 +38,7 @@ def per_device(cluster: Cluster, ns: str) -> Counter[tuple[str, int]]:
 
 
 def pool_gpus(cluster: Cluster, pool: str) -> dict[str, Any]:
-    return dict((cluster.get("gpupools", pool).get("status") or {}))
+    return dict(cluster.get("gpupools", pool).get("status") or {})
 
 
 def running_count(cluster: Cluster, ns: str, names: list[str]) -> int:
@@ -125,8 +125,8 @@ def test_gpu_memory_bound_holds(cluster: Cluster, operator: OperatorProcess, nam
         # 5% of the compute but 10 GiB of a 16 GiB device: two never share one.
         slice_job(cluster, namespace, fleet, name, 0.05, resources={"gpuMemoryGiB": 10})
     wait_for(lambda: running_count(cluster, namespace, names) == 2, 30, what="two running")
-    wait_for(lambda: phase(cluster, namespace, [n for n in names
-                                               if phase(cluster, namespace, n) != "Running"][0]) == "Queued",
+    wait_for(lambda: phase(cluster, namespace, next(n for n in names
+                                                if phase(cluster, namespace, n) != "Running")) == "Queued",
              10, what="the third queued")
     placed = shares(cluster, namespace)
     assert len({(node, dev) for node, dev, _ in placed.values()}) == 2, placed

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import torch  # installed by `make venv` (the examples extra): missing torch is an error, not a skip
 
 REPO = Path(__file__).resolve().parents[2]

@@ -150,9 +150,7 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     for key, value in node.items():
         if key == "default" and value is None:
             continue  # absent already means unset
-        if key in _KEEP:
-            out[key] = value
-        elif key.startswith("x-kubernetes-"):
+        if key in _KEEP or key.startswith("x-kubernetes-"):
             out[key] = value
         elif key == "properties":
             out["properties"] = {k: _resolve(v, defs) for k, v in value.items()}

@@ -722,9 +722,12 @@ class JobReconciler:
             usage[j.spec.queue] = usage.get(j.spec.queue, 0.0) + mig_gpus(j.spec) * j.spec.replicas
         demand: dict[str, int] = {}
         blocked: list[tuple[Job, str]] = []
-        order = sorted(waiting, key=lambda j: (-(j.spec.priority if j.spec else 0),
-                                               0.0 if j.status.restarts else ts(j.raw["metadata"].get("creationTimestamp")) or 0.0,
-                                               j.key))
+        def order_key(j: Job) -> tuple[int, float, str]:
+            created = ts(j.raw["metadata"].get("creationTimestamp")) or 0.0
+            # priority first; a restarting job goes to the front of its queue, then age
+            return (-(j.spec.priority if j.spec else 0), 0.0 if j.status.restarts else created, j.key)
+
+        order = sorted(waiting, key=order_key)
         for job in order:
             assert job.spec is not None
             why = self._unservable(job, pool_name, pool, queues)
@@ -876,7 +879,8 @@ class JobReconciler:
             usage: dict[str, float] = {}
             for j in mine:
                 if j.status.phase in ACTIVE and j.spec is not None:
-                    usage[j.spec.pool] = usage.get(j.spec.pool, 0) + j.spec.replicas * j.spec.resources.gpu_milli / WHOLE
+                    share = j.spec.replicas * j.spec.resources.gpu_milli / WHOLE
+                    usage[j.spec.pool] = usage.get(j.spec.pool, 0) + share
             conditions: list[Condition] = []
             prev = raw.get("status") or {}
             for c in prev.get("conditions") or []:
@@ -891,6 +895,6 @@ class JobReconciler:
                 "pending": sum(1 for j in mine if j.status.phase in ("Queued", "Restarting")),
                 "conditions": [c.wire() for c in conditions],
             }
-            if prev != status and self._queue_status.get(name) != status:
-                if self.status_writer.patch_status("tenantqueues", "", name, status):
-                    self._queue_status[name] = status
+            if (prev != status and self._queue_status.get(name) != status
+                    and self.status_writer.patch_status("tenantqueues", "", name, status)):
+                self._queue_status[name] = status

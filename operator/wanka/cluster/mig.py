@@ -106,10 +106,7 @@ def applied(node: Mapping[str, Any], geometry: Mapping[int, Geometry]) -> bool:
     if geometry and lab.get(STATE_LABEL) != "success":
         return False
     alloc = (node.get("status") or {}).get("allocatable") or {}
-    for res, count in expected_resources(geometry).items():
-        if int(quantity(alloc.get(res))) < count:
-            return False
-    return True
+    return all(int(quantity(alloc.get(res))) >= count for res, count in expected_resources(geometry).items())
 
 
 @dataclass

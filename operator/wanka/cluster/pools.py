@@ -19,15 +19,14 @@ from wanka.api.gpupool import (
     ModelCount,
     NodeCounts,
 )
+from wanka.api.trainingjob import TrainingJobSpec
 from wanka.cluster.cache import FleetCache
 from wanka.cluster.mig import read_geometry
-from wanka.cluster.translate import build_pool_snapshot
-from wanka.api.trainingjob import TrainingJobSpec
-from wanka.cluster.translate import pod_requests
+from wanka.cluster.translate import build_pool_snapshot, pod_requests
 from wanka.core.accounting import PoolSummary, summarize
 from wanka.core.fragmentation import Shape, snapshot_stranded
-from wanka.core.snapshot import WHOLE
 from wanka.core.health import PoolCondition
+from wanka.core.snapshot import WHOLE
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from kubernetes.utils import parse_quantity
 
 from wanka.api.gpupool import GPUPoolSpec
 from wanka.core.health import HealthRecord
-from wanka.core.snapshot import WHOLE, HealthState, Allocation, Device, DeviceShare, Node, OverAllocation, Snapshot
+from wanka.core.snapshot import WHOLE, Allocation, Device, DeviceShare, HealthState, Node, OverAllocation, Snapshot
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ gang restarts from its last checkpoint and queues again at the front) and are sc
 from __future__ import annotations
 
 import argparse
-from typing import Any
 import csv
 import heapq
 import json
@@ -20,11 +19,12 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from wanka.core.queueing import Admit, PoolQuota, QueueSpec, SchedulerConfig, schedule
-from wanka.sim import data_dir
 from wanka.core.requests import GangRequest
 from wanka.core.snapshot import WHOLE, Device, Node, Snapshot
+from wanka.sim import data_dir
 
 SPOT_CSV = data_dir() / "spot_gpu_nodes_2026.csv"
 LEVELS = ("wanka.io/nvlink-domain", "wanka.io/rack", "wanka.io/spine")
