@@ -186,7 +186,10 @@ class GPUCounts(WankaModel):
 
     total: int = Field(default=0, ge=0, description="Devices on the selected nodes.")
     allocatable: int = Field(default=0, ge=0, description="Devices on healthy, schedulable nodes.")
-    allocated: float = Field(default=0, ge=0, description="Held by bound pods, any scheduler.")
+    allocated: float = Field(
+        default=0, ge=0,
+        description="Held by bound pods of any scheduler and by gangs Wanka has reserved but not yet bound.",
+    )
     free: float = Field(default=0, ge=0, description="Allocatable minus allocated.")
     stranded: float = Field(
         default=0, ge=0, description="Free but in pieces too small for any pending request."

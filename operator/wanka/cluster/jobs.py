@@ -31,6 +31,7 @@ from wanka.api.trainingjob import (
 )
 from wanka.cluster.cache import FleetCache
 from wanka.cluster.jobio import FINALIZER, Conflict, JobIO
+from wanka.cluster.ledger import ACTIVE, ledger_allocations
 from wanka.cluster.manifests import (
     ATTEMPT_LABEL,
     checkpoint_configmap_name,
@@ -68,7 +69,7 @@ from wanka.core.mig import Geometry
 from wanka.core.queueing import Admit, PoolQuota, Preempt, QueueSpec, SchedulerConfig, Wait, schedule
 from wanka.core.requests import GangRequest, InvalidRequest
 from wanka.core.sharing import FragmentationAwareShares, workload_of
-from wanka.core.snapshot import WHOLE, Allocation, DeviceShare
+from wanka.core.snapshot import WHOLE, Allocation
 from wanka.metrics import (
     BINDS,
     GANG_RESTARTS,
@@ -79,8 +80,6 @@ from wanka.metrics import (
 )
 
 log = logging.getLogger(__name__)
-
-ACTIVE = ("Admitted", "Running")
 
 
 class Recorder(Protocol):
@@ -194,20 +193,7 @@ def reservations(job: Job) -> list[Allocation]:
     """The ledger entries an admitted job's status holds."""
     if job.status.phase not in ACTIVE or job.spec is None:
         return []
-    cpu_mem = (0, 0)
-    try:
-        cpu_mem = pod_requests({"spec": job.spec.template.wire()["spec"]}, "")[:2]
-    except (KeyError, TypeError):
-        pass
-    mem_mib = int((job.spec.resources.gpu_memory_gi_b or 0) * 1024)
-    out = []
-    for p in job.status.placement:
-        if p.gpu_milli:
-            shares: tuple[DeviceShare, ...] = tuple(DeviceShare(d, p.gpu_milli, mem_mib) for d in p.devices)
-        else:
-            shares = tuple(DeviceShare(d) for d in p.devices)
-        out.append(Allocation(job.key, str(p.replica), p.node, cpu_mem[0], cpu_mem[1], shares))
-    return out
+    return ledger_allocations(job.key, job.spec, job.status.placement)
 
 
 def mig_gpus(spec: TrainingJobSpec) -> float:

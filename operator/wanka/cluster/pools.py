@@ -21,12 +21,13 @@ from wanka.api.gpupool import (
 )
 from wanka.api.trainingjob import TrainingJobSpec
 from wanka.cluster.cache import FleetCache
+from wanka.cluster.ledger import raw_ledger
 from wanka.cluster.mig import read_geometry
 from wanka.cluster.translate import build_pool_snapshot, pod_requests
 from wanka.core.accounting import PoolSummary, summarize
 from wanka.core.fragmentation import Shape, snapshot_stranded
 from wanka.core.health import PoolCondition
-from wanka.core.snapshot import WHOLE
+from wanka.core.snapshot import WHOLE, Allocation
 
 log = logging.getLogger(__name__)
 
@@ -151,17 +152,21 @@ class PoolReconciler:
     _invalid: dict[str, str] = field(default_factory=dict)
     # A job's spec only changes with its generation: validate it once, not every second.
     _shapes: dict[tuple[str, int, str], Shape | None] = field(default_factory=dict)
+    # Each job's ledger entries, read again only when the job changes: uid -> (version, entries).
+    _ledger: dict[str, tuple[str, list[Allocation]]] = field(default_factory=dict)
 
     def reconcile_all(self) -> None:
         nodes = self.cache.store("nodes").values()
         pods = self.cache.store("pods").values()
+        ledger = self._ledger_by_pool()
         for pool in self.cache.store("gpupools").values():
             try:
-                self.reconcile(pool, nodes, pods)
+                self.reconcile(pool, nodes, pods, ledger.get(pool.get("metadata", {}).get("name"), []))
             except Exception:  # one broken pool must not stop the others
                 log.exception("reconciling pool %s failed", pool.get("metadata", {}).get("name"))
 
-    def reconcile(self, pool: Mapping[str, Any], nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> None:
+    def reconcile(self, pool: Mapping[str, Any], nodes: list[dict[str, Any]], pods: list[dict[str, Any]],
+                  ledger: Iterable[Allocation] = ()) -> None:
         meta = pool.get("metadata") or {}
         name = str(meta.get("name"))
         generation = meta.get("generation")
@@ -180,7 +185,8 @@ class PoolReconciler:
             self._write(pool, name, status)
             return
         self._invalid.pop(name, None)
-        view = build_pool_snapshot(spec, nodes, pods)
+        # Reserved but not yet bound counts as allocated: the job loop sees the same ledger.
+        view = build_pool_snapshot(spec, nodes, pods, ledger)
         shapes = pool_shapes(self.cache.store("trainingjobs").values(), name, spec,
                              lambda job: self._shape(job, spec.accelerator.resource_name))
         stranded = snapshot_stranded(view.snapshot, shapes, spec.sharing.max_shares_per_device)
@@ -194,6 +200,23 @@ class PoolReconciler:
             for n in nodes if n["metadata"]["name"] in view.snapshot.nodes)
         self._announce(pool, previous, status)
         self._write(pool, name, status)
+
+    def _ledger_by_pool(self) -> dict[str, list[Allocation]]:
+        """Every active job's reservations, by pool."""
+        out: dict[str, list[Allocation]] = {}
+        seen = set()
+        for job in self.cache.store("trainingjobs").values():
+            meta = job.get("metadata") or {}
+            uid, version = str(meta.get("uid")), str(meta.get("resourceVersion"))
+            seen.add(uid)
+            cached = self._ledger.get(uid)
+            if cached is None or cached[0] != version:
+                cached = self._ledger[uid] = (version, raw_ledger(job))
+            if cached[1]:
+                out.setdefault(str((job.get("spec") or {}).get("pool")), []).extend(cached[1])
+        if len(self._ledger) > 2 * len(seen) + 1000:  # forget deleted jobs now and then
+            self._ledger = {k: v for k, v in self._ledger.items() if k in seen}
+        return out
 
     def _shape(self, job: Mapping[str, Any], resource: str) -> Shape | None:
         meta = job.get("metadata") or {}

@@ -1,0 +1,60 @@
+"""The reservation ledger: what each admitted TrainingJob's `status.placement` holds.
+
+The ledger lives in the API (job status), so every pass that accounts for capacity (the job
+loop deciding admission, the pool loop reporting free and stranded GPUs) reads the same
+entries and a gang reserved but not yet bound is never counted as free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from wanka.api.trainingjob import ReplicaPlacement, TrainingJobSpec, TrainingJobStatus
+from wanka.cluster.translate import pod_requests
+from wanka.core.snapshot import Allocation, DeviceShare
+
+ACTIVE = ("Admitted", "Running")  # phases that hold a reservation
+
+
+def ledger_allocations(
+    key: str, spec: TrainingJobSpec, placement: Iterable[ReplicaPlacement]
+) -> list[Allocation]:
+    """One allocation per placed replica: whole devices, or a share of one device.
+
+    MIG placements hold an instance of a partitioned device, not device capacity in the
+    snapshot's sense; the MIG path accounts for them itself, so they are left out here.
+    """
+    cpu_mem = (0, 0)
+    try:
+        cpu_mem = pod_requests({"spec": spec.template.wire()["spec"]}, "")[:2]
+    except (KeyError, TypeError):
+        pass
+    mem_mib = int((spec.resources.gpu_memory_gi_b or 0) * 1024)
+    out = []
+    for p in placement:
+        if p.mig_start is not None:
+            continue
+        if p.gpu_milli:
+            shares: tuple[DeviceShare, ...] = tuple(DeviceShare(d, p.gpu_milli, mem_mib) for d in p.devices)
+        else:
+            shares = tuple(DeviceShare(d) for d in p.devices)
+        out.append(Allocation(key, str(p.replica), p.node, cpu_mem[0], cpu_mem[1], shares))
+    return out
+
+
+def raw_ledger(job: Mapping[str, Any]) -> list[Allocation]:
+    """The ledger entries of a TrainingJob as the API holds it (a dict); none when the job
+    is not active or its spec or status cannot be read."""
+    status_raw = job.get("status") or {}
+    if status_raw.get("phase") not in ACTIVE or not status_raw.get("placement"):
+        return []
+    meta = job.get("metadata") or {}
+    try:
+        spec = TrainingJobSpec.model_validate(job.get("spec") or {})
+        status = TrainingJobStatus.model_validate(status_raw)
+    except ValidationError:
+        return []
+    return ledger_allocations(f"{meta.get('namespace')}/{meta.get('name')}", spec, status.placement)
