@@ -81,6 +81,9 @@ from wanka.metrics import (
 
 log = logging.getLogger(__name__)
 
+# A delete we sent is repeated only if the pod still shows no deletionTimestamp this long after.
+DELETE_RESEND_SECONDS = 10.0
+
 
 class Recorder(Protocol):
     def record(self, obj: Mapping[str, Any], type_: Any, reason: str, message: str) -> None: ...
@@ -233,6 +236,10 @@ class JobReconciler:
     _queue_status: dict[str, dict[str, Any]] = field(default_factory=dict)
     # MIG changes we sent but the watch has not brought back: node -> (version, geometry).
     _mig_sent: dict[str, tuple[str | None, dict[int, Geometry]]] = field(default_factory=dict)
+    # Deletes already sent, so a pass does not repeat them while the watch catches up:
+    # pod uid -> when (sent again after DELETE_RESEND_SECONDS), and jobs whose objects are gone.
+    _pod_deletes: dict[str, float] = field(default_factory=dict)
+    _objects_released: set[str] = field(default_factory=set)
 
     # --- reading the cache ---------------------------------------------------------------
     def _jobs(self) -> list[Job]:
@@ -338,6 +345,15 @@ class JobReconciler:
                 RECONCILE_ERRORS.labels("trainingjob").inc()
                 log.warning("admission in pool %s: %s %s; retrying", pool_name, exc.status, exc.reason)
         self._queue_statuses(jobs, queues, pools)
+        self._forget_deletes(jobs)
+
+    def _forget_deletes(self, jobs: list[Job]) -> None:
+        """Drop memos of deletes for pods and jobs that are gone from the cache."""
+        if self._pod_deletes:
+            live = {str(p["metadata"].get("uid")) for p in self.cache.store("pods").values()}
+            self._pod_deletes = {uid: t for uid, t in self._pod_deletes.items() if uid in live}
+        if self._objects_released:
+            self._objects_released &= {str(j.raw["metadata"].get("uid")) for j in jobs}
 
     def _lifecycle(
         self, job: Job, nodes: Mapping[str, Mapping[str, Any]], pools: Mapping[str, GPUPoolSpec],
@@ -406,13 +422,22 @@ class JobReconciler:
         return int(value) if isinstance(value, int) else None
 
     def _delete_pods(self, job: Job, pods: Iterable[Mapping[str, Any]], grace: int | None) -> None:
+        now = self.clock()
         for pod in pods:
-            if not pod["metadata"].get("deletionTimestamp"):
-                self.io.delete_pod(job.ns, pod["metadata"]["name"], grace)
+            meta = pod["metadata"]
+            if meta.get("deletionTimestamp"):
+                continue
+            uid = str(meta.get("uid"))
+            sent = self._pod_deletes.get(uid)
+            if sent is not None and now - sent < DELETE_RESEND_SECONDS:
+                continue  # sent already; the watch has not shown it terminating yet
+            self.io.delete_pod(job.ns, meta["name"], grace)
+            self._pod_deletes[uid] = now
 
     def _release(self, job: Job, grace: int | None, keep_objects: bool = False) -> None:
         self._delete_pods(job, job.pods, grace)
-        if keep_objects:
+        uid = str(job.raw["metadata"].get("uid"))
+        if keep_objects or uid in self._objects_released:
             return
         cm = checkpoint_configmap_name(job.name)
         role = f"{job.name}-checkpoint-writer"
@@ -420,6 +445,8 @@ class JobReconciler:
             "Service": job.name, "ServiceAccount": service_account_name(job.name),
             "ConfigMap": cm, "Role": role, "RoleBinding": role,
         })
+        # Only a job being deleted gets here, and nothing recreates its objects after that.
+        self._objects_released.add(uid)
 
     def _mirror_checkpoint(self, job: Job) -> None:
         cm = self.cache.store("configmaps").get(job.ns, checkpoint_configmap_name(job.name))
