@@ -322,3 +322,31 @@ def test_higher_priority_gang_preempts_and_the_victim_resumes_later(
     tj = wait_running(cluster, namespace, "low", 30)
     assert tj["status"]["restarts"] == 1 and tj["status"]["preemptions"] == 1
     assert all(env_of(p)["WANKA_RESUME"] == "1" for p in live_pods(cluster, namespace, "low"))
+
+
+def test_elastic_gang_starts_with_min_available_and_runs_at_that_size(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    fleet = make_fleet(cluster, namespace, nodes=2, racks=1)
+    make_job(cluster, namespace, fleet, "elastic", replicas=3, gpus=8, gang={"minAvailable": 2},
+             labels={"wanka.io/sim": "succeed"}, annotations={"wanka.io/sim-delay": "600s"})
+    wait_running(cluster, namespace, "elastic")
+    members = live_pods(cluster, namespace, "elastic")
+    assert len(members) == 2, "two of three replicas fit, and two is the gang's minimum"
+    assert {env_of(p)["RANK"] for p in members} == {"0", "1"}
+    assert {env_of(p)["WORLD_SIZE"] for p in members} == {"2"}, "the attempt's size, not spec.replicas"
+    status = job(cluster, namespace, "elastic")["status"]
+    assert len(status["placement"]) == 2 and status["replicasReady"] == 2
+    admitted = condition(cluster, namespace, "elastic", "Admitted")
+    assert admitted is not None and "elastic start: 2 of 3" in admitted["message"]
+    assert any("elastic start with 2 of 3 replicas" in e.message
+               for e in cluster.events_for("elastic", namespace) if e.reason == "Admitted")
+    # Quota and fair share charge what runs: 2 x 8 GPUs.
+    usage = wait_for(lambda: (cluster.get("tenantqueues", fleet.queue).get("status") or {}).get("usage"), 10,
+                     what="queue usage")
+    assert usage == [{"pool": fleet.pool, "gpus": 16}]
+    # A rigid gang of the same size (no minAvailable) does not start smaller: it waits whole.
+    make_job(cluster, namespace, fleet, "rigid", replicas=3, gpus=8)
+    wait_for(lambda: (c := condition(cluster, namespace, "rigid", "Admitted")) and c["reason"] != "Queued", 10,
+             what="rigid waits with a reason")
+    assert phase(cluster, namespace, "rigid") == "Queued" and not live_pods(cluster, namespace, "rigid")

@@ -127,7 +127,12 @@ class Gang(WankaModel):
         default=None,
         ge=1,
         le=MAX_REPLICAS,
-        description="Replicas that must be placed together. Defaults to replicas.",
+        description=(
+            "Replicas that must be placed together for the gang to start. Defaults to replicas "
+            "(all or nothing). When lower, the gang starts with as many replicas as fit, at least "
+            "this many; WORLD_SIZE tells the pods how many, and the gang keeps that size until its "
+            "next restart, which asks for all replicas again. MIG gangs always start whole."
+        ),
     )
     schedule_timeout_seconds: int = Field(
         default=600,

@@ -154,10 +154,13 @@ class Job:
         return [p for p in self.pods if p["metadata"].get("labels", {}).get(ATTEMPT_LABEL) != str(self.attempt)]
 
 
-def job_request(job: Job, pool: GPUPoolSpec, resuming: bool) -> GangRequest:
-    """The core's view of a job's gang."""
+def job_request(job: Job, pool: GPUPoolSpec, resuming: bool, placed: bool = False) -> GangRequest:
+    """The core's view of a job's gang; `placed`: as it runs now (its placement's size)."""
     assert job.spec is not None
     spec = job.spec
+    replicas, min_available = spec.replicas, spec.gang.min_available
+    if placed and job.status.placement:
+        replicas, min_available = len(job.status.placement), None
     res = spec.resources
     cpu = mem = 0
     if spec.template.spec.containers:
@@ -174,8 +177,8 @@ def job_request(job: Job, pool: GPUPoolSpec, resuming: bool) -> GangRequest:
         queue=spec.queue,
         pool=spec.pool,
         priority=spec.priority,
-        replicas=spec.replicas,
-        min_available=spec.gang.min_available,
+        replicas=replicas,
+        min_available=min_available,
         gpus=gpus,
         gpu_milli=milli,
         gpu_memory_mib=int((res.gpu_memory_gi_b or 0) * 1024),
@@ -472,6 +475,9 @@ class JobReconciler:
     ) -> None:
         assert job.spec is not None
         spec, status = job.spec, job.status
+        # An elastic gang (gang.minAvailable < replicas) may have started smaller: this attempt
+        # is as big as its placement, until a restart places it again.
+        size = len(status.placement) or spec.replicas
         pool = pools.get(spec.pool)
         if job.stale_pods():
             self._delete_pods(job, job.stale_pods(), self._grace(job))
@@ -510,13 +516,13 @@ class JobReconciler:
                             count_restart=True)
             return
         succeeded = [p for p in pods.values() if (p.get("status") or {}).get("phase") == "Succeeded"]
-        if len(succeeded) == spec.replicas:
+        if len(succeeded) == size:
             st = status.model_copy(deep=True)
             st.completion_time = to_dt(now)
             st.placement = []
             st.replicas_ready = 0
             self._transition(job, st, "Succeeded", "Succeeded", "True", "Completed",
-                             f"all {spec.replicas} replicas succeeded")
+                             f"all {size} replicas succeeded")
             return
         # Carry the reservation out: create what is missing, then bind what is unbound.
         if pool is not None:
@@ -525,22 +531,23 @@ class JobReconciler:
                     (p.get("status") or {}).get("phase") == "Succeeded")
         st = status.model_copy(deep=True)
         st.replicas_ready = ready
-        if ready == spec.replicas and status.phase != "Running":
+        if ready == size and status.phase != "Running":
             st.start_time = st.start_time or to_dt(now)
             set_condition(st.conditions, "PodsReady", "True", "AllReplicasRunning",
-                          f"{ready}/{spec.replicas} replicas running", job.generation, to_dt(now))
+                          f"{ready}/{size} replicas running", job.generation, to_dt(now))
             set_condition(st.conditions, "Restarting", "False", "Running", "gang running",
                           job.generation, to_dt(now))
             self._transition(job, st, "Running", "Admitted", "True", "Running",
-                             f"all {spec.replicas} replicas running on "
-                             f"{len({p.node for p in st.placement})} nodes")
+                             f"all {size} replicas running on "
+                             f"{len({p.node for p in st.placement})} nodes"
+                             + (f" (elastic start: {size} of {spec.replicas})" if size < spec.replicas else ""))
             return
         admitted = ts(status.admitted_time)
         if status.phase == "Admitted" and admitted and now - admitted > spec.gang.schedule_timeout_seconds:
             self._delete_pods(job, job.pods, self._grace(job))
             st.placement, st.replicas_ready, st.admitted_time = [], 0, None
             self._transition(job, st, "Queued", "Admitted", "False", "GangTimeout",
-                             f"only {ready}/{spec.replicas} replicas running after "
+                             f"only {ready}/{size} replicas running after "
                              f"{spec.gang.schedule_timeout_seconds}s: released and requeued", "Warning")
             return
         if st.replicas_ready != status.replicas_ready:
@@ -564,7 +571,8 @@ class JobReconciler:
                 resource = mig_resource(spec.resources.mig_profile)
             manifest = pod_manifest(job.raw, spec, placed.replica, job.attempt, devices,
                                     resource, pool.sharing.mode, mem,
-                                    resume=job.attempt > 0 or job.status.last_checkpoint is not None)
+                                    resume=job.attempt > 0 or job.status.last_checkpoint is not None,
+                                    world_size=len(job.status.placement))
             if placed.mig_start is not None:
                 # The device plugin picks the instance; ours is a ledger entry, not a device pin.
                 notes = manifest["metadata"]["annotations"]
@@ -573,7 +581,7 @@ class JobReconciler:
             self.io.ensure(manifest)
             pods[placed.replica] = manifest
             created = True
-        if created and len(pods) < spec.replicas:
+        if created and len(pods) < len(job.status.placement):
             return
         # Every member exists: bind them all (only now, so no pod runs before its gang).
         for placed in job.status.placement:
@@ -672,7 +680,7 @@ class JobReconciler:
         ledger = [a for j in active for a in reservations(j)]
         view = build_pool_snapshot(pool, self.cache.store("nodes").values(),
                                    self.cache.store("pods").values(), ledger)
-        running = [job_request(j, pool, resuming=False) for j in active]
+        running = [job_request(j, pool, resuming=False, placed=True) for j in active]
         queue_specs = [QueueSpec(
             name=name, weight=q.weight, within_queue=q.preemption.within_queue,
             reclaim_borrowed=q.preemption.reclaim_borrowed,
@@ -876,9 +884,14 @@ class JobReconciler:
         if created:
             GANG_WAIT_SECONDS.labels(job.spec.pool, job.spec.queue).observe(max(0.0, now - created))
         nodes = sorted({a.node for a in by_member})
+        elastic = ""
+        if len(by_member) < job.spec.replicas:
+            elastic = (f"; elastic start with {len(by_member)} of {job.spec.replicas} replicas "
+                       f"(gang.minAvailable {job.spec.gang.min_available}): the next restart asks for all")
         self._transition(job, st, "Admitted", "Admitted", "True", "Admitted",
                          f"{decision.reason or 'placed'}: {len(by_member)} replicas on "
-                         f"{len(nodes)} nodes ({', '.join(nodes[:8])}{' ...' if len(nodes) > 8 else ''})")
+                         f"{len(nodes)} nodes ({', '.join(nodes[:8])}{' ...' if len(nodes) > 8 else ''})"
+                         + elastic)
 
     # --- queues --------------------------------------------------------------------------
     def _queue_statuses(
@@ -892,7 +905,8 @@ class JobReconciler:
             usage: dict[str, float] = {}
             for j in mine:
                 if j.status.phase in ACTIVE and j.spec is not None:
-                    share = j.spec.replicas * j.spec.resources.gpu_milli / WHOLE
+                    size = len(j.status.placement) or j.spec.replicas  # an elastic gang may run smaller
+                    share = size * j.spec.resources.gpu_milli / WHOLE
                     usage[j.spec.pool] = usage.get(j.spec.pool, 0) + share
             conditions: list[Condition] = []
             prev = raw.get("status") or {}

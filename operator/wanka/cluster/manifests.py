@@ -68,8 +68,12 @@ def pod_manifest(
     sharing_mode: str = "Exclusive",
     memory_mib: int = 0,
     resume: bool = False,
+    world_size: int | None = None,
 ) -> dict[str, Any]:
-    """One replica's pod, not yet bound (Wanka binds it through pods/binding)."""
+    """One replica's pod, not yet bound (Wanka binds it through pods/binding).
+
+    `world_size`: replicas in this attempt (an elastic gang may start with fewer than
+    `spec.replicas`); defaults to `spec.replicas`."""
     meta = job["metadata"]
     name, ns = meta["name"], meta["namespace"]
     template = copy.deepcopy(spec.template.wire())
@@ -80,7 +84,7 @@ def pod_manifest(
     env = [
         {"name": "MASTER_ADDR", "value": f"{name}-0.{name}.{ns}.svc"},
         {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
-        {"name": "WORLD_SIZE", "value": str(spec.replicas)},
+        {"name": "WORLD_SIZE", "value": str(world_size or spec.replicas)},
         {"name": "RANK", "value": str(replica)},
         {"name": "NODE_RANK", "value": str(replica)},
         {"name": "LOCAL_WORLD_SIZE", "value": str(max(1, len(whole)))},
