@@ -58,8 +58,8 @@ class FakeMigManager(threading.Thread):
         self.applied[name] = config
 
 
-def mig_fleet(cluster: Cluster, namespace: str, nodes: int = 2) -> Fleet:
-    return make_fleet(cluster, namespace, nodes=nodes, racks=1,
+def mig_fleet(cluster: Cluster, namespace: str, nodes: int = 2, quota: float = 10_000) -> Fleet:
+    return make_fleet(cluster, namespace, nodes=nodes, racks=1, quota=quota,
                       sharing={"mode": "MIG", "migProfiles": ["1g.10gb", "3g.40gb", "7g.80gb"]})
 
 
@@ -142,3 +142,28 @@ def test_busy_devices_are_never_repartitioned_and_impossible_mixes_are_explained
     cond = wait_for(lambda: (c := condition(cluster, namespace, "odd", "Admitted"))
                     and c["reason"] == "SharingMismatch" and c, 15, what="SharingMismatch")
     assert "1g.10gb" in cond["message"] and "2g.20gb" in cond["message"]
+
+
+def test_mig_gangs_are_charged_against_the_queues_quota(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    """A 1g.10gb instance is 1/7 of a GPU: a 0.3-GPU quota runs two and not a third. The queue's
+    borrowing limit is unset (no limit), so only the cohort's unused quota bounds it."""
+    fleet = mig_fleet(cluster, namespace, nodes=1, quota=0.3)
+    manager = FakeMigManager(cluster, fleet.nodes)
+    manager.start()
+    try:
+        for name in ("m0", "m1"):
+            make_job(cluster, namespace, fleet, name, replicas=1, resources={"migProfile": "1g.10gb"})
+        wait_for(lambda: all(phase(cluster, namespace, n) == "Running" for n in ("m0", "m1")), 30,
+                 what="two 1g.10gb jobs running")
+        make_job(cluster, namespace, fleet, "m2", replicas=1, resources={"migProfile": "1g.10gb"})
+        cond = wait_for(lambda: (c := condition(cluster, namespace, "m2", "Admitted"))
+                        and c["reason"] == "Quota" and c, 15, what="the third waits on quota")
+        assert "0.014 GPUs of unused quota" in cond["message"] and "needs 0.143" in cond["message"], cond
+        assert phase(cluster, namespace, "m2") == "Queued"
+        # The queue's status shows the same charge: two instances of 1/7 of a GPU.
+        wait_for(lambda: (cluster.get("tenantqueues", fleet.queue).get("status") or {}).get("usage")
+                 == [{"pool": fleet.pool, "gpus": 0.286}], 10, what="queue usage 0.286 GPU")
+    finally:
+        manager.stop = True

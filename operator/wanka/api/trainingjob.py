@@ -78,9 +78,12 @@ class Resources(WankaModel):
 
     @property
     def gpu_milli(self) -> int:
-        """Per-replica demand in milli-GPU (whole devices count 1000 each)."""
+        """Per-replica demand in milli-GPU (whole devices count 1000 each; a MIG instance its
+        compute slices out of 7, so 1g.10gb counts 143)."""
         if self.gpu_fraction is not None:
             return max(1, round(self.gpu_fraction * 1000))
+        if self.mig_profile:
+            return round(int(self.mig_profile.split("g.", 1)[0]) * 1000 / 7)
         return (self.gpus or 0) * 1000
 
 

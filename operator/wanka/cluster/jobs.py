@@ -66,7 +66,16 @@ from wanka.cluster.translate import (
     pod_requests,
 )
 from wanka.core.mig import Geometry
-from wanka.core.queueing import Admit, PoolQuota, Preempt, QueueSpec, SchedulerConfig, Wait, schedule
+from wanka.core.queueing import (
+    Admit,
+    PoolQuota,
+    Preempt,
+    QueueSpec,
+    QuotaBook,
+    SchedulerConfig,
+    Wait,
+    schedule,
+)
 from wanka.core.requests import GangRequest, InvalidRequest
 from wanka.core.sharing import FragmentationAwareShares, workload_of
 from wanka.core.snapshot import WHOLE, Allocation
@@ -202,11 +211,13 @@ def reservations(job: Job) -> list[Allocation]:
     return ledger_allocations(job.key, job.spec, job.status.placement)
 
 
-def mig_gpus(spec: TrainingJobSpec) -> float:
-    """GPU-equivalents of one MIG replica: its compute slices out of 7."""
-    profile = spec.resources.mig_profile or ""
-    slices = int(profile.split("g.", 1)[0]) if "g." in profile else 0
-    return round(slices / 7, 3)
+def core_queues(queues: Mapping[str, tuple[TenantQueueSpec, dict[str, Any]]]) -> list[QueueSpec]:
+    """The core's view of the TenantQueues."""
+    return [QueueSpec(
+        name=name, weight=q.weight, within_queue=q.preemption.within_queue,
+        reclaim_borrowed=q.preemption.reclaim_borrowed,
+        quotas=tuple(PoolQuota(x.pool, x.gpus, x.borrowing_limit) for x in q.quotas),
+    ) for name, (q, _) in queues.items()]
 
 
 def pod_exit_code(pod: Mapping[str, Any]) -> int | None:
@@ -681,11 +692,7 @@ class JobReconciler:
         view = build_pool_snapshot(pool, self.cache.store("nodes").values(),
                                    self.cache.store("pods").values(), ledger)
         running = [job_request(j, pool, resuming=False, placed=True) for j in active]
-        queue_specs = [QueueSpec(
-            name=name, weight=q.weight, within_queue=q.preemption.within_queue,
-            reclaim_borrowed=q.preemption.reclaim_borrowed,
-            quotas=tuple(PoolQuota(x.pool, x.gpus, x.borrowing_limit) for x in q.quotas),
-        ) for name, (q, _) in queues.items()]
+        queue_specs = core_queues(queues)
         if not requests:
             return
         shares = FragmentationAwareShares(
@@ -737,10 +744,12 @@ class JobReconciler:
                 del self._mig_sent[name]  # the watch caught up: the node itself says what it is
             elif name in nodes:  # our change is not in the cache yet: plan as if it were
                 nodes[name].geometry, nodes[name].ready = dict(geometry), False
-        usage: dict[str, float] = {}
+        # Quotas charge MIG gangs the way the scheduling cycle charges every other pool:
+        # nominal quota, then borrowing from the cohort's unused quota up to the limit.
+        book = QuotaBook({q.name: q for q in core_queues(queues)})
         for j in active:
             assert j.spec is not None
-            usage[j.spec.queue] = usage.get(j.spec.queue, 0.0) + mig_gpus(j.spec) * j.spec.replicas
+            book.charge(j.spec.queue, pool_name, j.spec.resources.gpu_milli * j.spec.replicas)
         demand: dict[str, int] = {}
         blocked: list[tuple[Job, str]] = []
         def order_key(j: Job) -> tuple[int, float, str]:
@@ -757,13 +766,10 @@ class JobReconciler:
                 continue
             spec = job.spec
             profile = spec.resources.mig_profile or ""
-            quota = next((q for q in queues[spec.queue][0].quotas if q.pool == pool_name), None)
-            want = mig_gpus(spec) * spec.replicas
-            limit = (quota.gpus + (quota.borrowing_limit if quota.borrowing_limit is not None else float("inf"))
-                     if quota else 0.0)
-            if usage.get(spec.queue, 0.0) + want > limit + 1e-9:
-                self._wait(job, "Quota", f"queue {spec.queue} would use {usage.get(spec.queue, 0.0) + want:.2f} "
-                                         f"GPU-equivalents in {pool_name}, over its quota of {limit:g}")
+            want = spec.resources.gpu_milli * spec.replicas
+            over = book.reason(spec.queue, pool_name, want)
+            if over is not None:
+                self._wait(job, "Quota", over)
                 continue
             picks: list[tuple[str, int, int]] = []
             for node in sorted(nodes.values(), key=lambda n: n.name):
@@ -774,7 +780,7 @@ class JobReconciler:
                     node.used.add(found)
                     picks.append((node.name, *found))
             if len(picks) == spec.replicas:
-                usage[spec.queue] = usage.get(spec.queue, 0.0) + want
+                book.charge(spec.queue, pool_name, want)
                 self._admit_mig(job, picks, now)
                 continue
             for name, dev, start in picks:  # not all fit: give them back

@@ -187,6 +187,76 @@ def _gpus(milli: float) -> str:
     return f"{milli / WHOLE:g}"
 
 
+class QuotaBook:
+    """Quota usage per (queue, pool) in milli-GPU, and whether a gang may add more.
+
+    A queue may use its nominal quota; beyond it, it borrows up to its borrowing limit, and
+    only from the cohort's unused quota (the cohort: every queue with a quota in the pool).
+    The scheduling cycle keeps one per cycle; paths that place without a cycle (MIG) use
+    one too, so every pool charges quotas the same way.
+    """
+
+    def __init__(self, queues: Mapping[str, QueueSpec]) -> None:
+        self.queues = queues
+        self.usage: dict[tuple[str, str], int] = {}
+
+    def charge(self, queue: str, pool: str, milli: int) -> None:
+        key = (queue, pool)
+        self.usage[key] = self.usage.get(key, 0) + milli
+
+    def cohort(self, pool: str) -> list[tuple[QueueSpec, PoolQuota]]:
+        out = []
+        for q in self.queues.values():
+            quota = q.quota(pool)
+            if quota is not None:
+                out.append((q, quota))
+        return out
+
+    def cohort_nominal(self, pool: str) -> int:
+        return sum(quota.nominal_milli for _, quota in self.cohort(pool))
+
+    def cohort_usage(self, pool: str) -> int:
+        return sum(self.usage.get((q.name, pool), 0) for q, _ in self.cohort(pool))
+
+    def reason(self, queue: str, pool: str, add: int) -> str | None:
+        """Why `queue` may not add `add` milli-GPU in `pool` now, or None when it may."""
+        spec = self.queues.get(queue)
+        quota = spec.quota(pool) if spec is not None else None
+        if quota is None:
+            return f"queue {queue} has no quota on pool {pool}"
+        used = self.usage.get((queue, pool), 0)
+        if used + add > quota.limit_milli:
+            borrow = "unlimited" if quota.borrowing_limit is None else f"{quota.borrowing_limit:g}"
+            return (
+                f"queue {queue} uses {_gpus(used)} of its {quota.gpus:g} GPUs on pool "
+                f"{pool} (+{borrow} borrowable); this gang needs {_gpus(add)} more"
+            )
+        free = self.cohort_nominal(pool) - self.cohort_usage(pool)
+        if add > free:
+            if used + add <= quota.nominal_milli:
+                lenders = sorted(
+                    q.name
+                    for q, qq in self.cohort(pool)
+                    if self.usage.get((q.name, pool), 0) > qq.nominal_milli
+                )
+                return (
+                    f"queue {queue}'s unused quota on pool {pool} is borrowed by "
+                    f"{', '.join(lenders) or 'other queues'}; this gang needs {_gpus(add)} GPUs"
+                )
+            return (
+                f"the cohort of pool {pool} has {_gpus(max(free, 0))} GPUs of unused quota "
+                f"to lend; this gang needs {_gpus(add)}"
+            )
+        return None
+
+    def borrowed(self, queue: str, pool: str, add: int) -> float:
+        """GPUs of `add` that would be borrowed from the cohort (beyond the nominal quota)."""
+        quota = self.queues[queue].quota(pool)
+        assert quota is not None
+        used = self.usage.get((queue, pool), 0)
+        return max(0, used + add - max(used, quota.nominal_milli)) / WHOLE
+
+
 class _Cycle:
     """Mutable state of one cycle; everything it writes goes through `txn`."""
 
@@ -206,11 +276,10 @@ class _Cycle:
         self.config = config
         self.txn = txn
         self.running = {r.owner: r for r in running}
-        self.usage: dict[tuple[str, str], int] = {}
+        self.book = QuotaBook(queues)
         for r in running:
-            used = sum(a.gpu_milli for a in snapshot.allocations_of(r.owner))
-            key = (r.queue, r.pool)
-            self.usage[key] = self.usage.get(key, 0) + used
+            self.book.charge(r.queue, r.pool, sum(a.gpu_milli for a in snapshot.allocations_of(r.owner)))
+        self.usage = self.book.usage  # the same dict: what this cycle charges, fair share sees
         self._capacity: int | None = None
         active = {r.queue for r in running} | {p.queue for p in pending}
         self.total_weight: dict[str, float] = {}
@@ -226,20 +295,18 @@ class _Cycle:
         self.unfit: dict[tuple[object, ...], tuple[int, str]] = {}
         self.no_victims: dict[tuple[object, ...], int] = {}
 
-    # --- quota ---------------------------------------------------------------------------
-    def cohort(self, pool: str) -> list[tuple[QueueSpec, PoolQuota]]:
-        out = []
-        for q in self.queues.values():
-            quota = q.quota(pool)
-            if quota is not None:
-                out.append((q, quota))
-        return out
-
+    # --- quota (the book) and fair share --------------------------------------------------
     def cohort_nominal(self, pool: str) -> int:
-        return sum(quota.nominal_milli for _, quota in self.cohort(pool))
+        return self.book.cohort_nominal(pool)
 
-    def cohort_usage(self, pool: str) -> int:
-        return sum(self.usage.get((q.name, pool), 0) for q, _ in self.cohort(pool))
+    def quota_reason(self, req: GangRequest, add: int) -> str | None:
+        return self.book.reason(req.queue, req.pool, add)
+
+    def borrowed(self, req: GangRequest, add: int) -> float:
+        return self.book.borrowed(req.queue, req.pool, add)
+
+    def charge(self, queue: str, pool: str, milli: int) -> None:
+        self.book.charge(queue, pool, milli)
 
     @property
     def capacity(self) -> int:
@@ -260,47 +327,6 @@ class _Cycle:
         base = min(self.capacity, nominal) if nominal else self.capacity
         entitled = base * weight / total_w if total_w else 0.0
         return entitled - self.usage.get((queue, pool), 0)
-
-    def quota_reason(self, req: GangRequest, add: int) -> str | None:
-        spec = self.queues.get(req.queue)
-        quota = spec.quota(req.pool) if spec is not None else None
-        if quota is None:
-            return f"queue {req.queue} has no quota on pool {req.pool}"
-        used = self.usage.get((req.queue, req.pool), 0)
-        if used + add > quota.limit_milli:
-            borrow = "unlimited" if quota.borrowing_limit is None else f"{quota.borrowing_limit:g}"
-            return (
-                f"queue {req.queue} uses {_gpus(used)} of its {quota.gpus:g} GPUs on pool "
-                f"{req.pool} (+{borrow} borrowable); this gang needs {_gpus(add)} more"
-            )
-        free = self.cohort_nominal(req.pool) - self.cohort_usage(req.pool)
-        if add > free:
-            if used + add <= quota.nominal_milli:
-                lenders = sorted(
-                    q.name
-                    for q, qq in self.cohort(req.pool)
-                    if self.usage.get((q.name, req.pool), 0) > qq.nominal_milli
-                )
-                return (
-                    f"queue {req.queue}'s unused quota on pool {req.pool} is borrowed by "
-                    f"{', '.join(lenders) or 'other queues'}; this gang needs {_gpus(add)} GPUs"
-                )
-            return (
-                f"the cohort of pool {req.pool} has {_gpus(max(free, 0))} GPUs of unused quota "
-                f"to lend; this gang needs {_gpus(add)}"
-            )
-        return None
-
-    def borrowed(self, req: GangRequest, add: int) -> float:
-        spec = self.queues[req.queue]
-        quota = spec.quota(req.pool)
-        assert quota is not None
-        used = self.usage.get((req.queue, req.pool), 0)
-        return max(0, used + add - max(used, quota.nominal_milli)) / WHOLE
-
-    def charge(self, queue: str, pool: str, milli: int) -> None:
-        key = (queue, pool)
-        self.usage[key] = self.usage.get(key, 0) + milli
 
     # --- placement -----------------------------------------------------------------------
     def constrained(self, req: GangRequest) -> GangRequest:
