@@ -167,3 +167,29 @@ def test_mig_gangs_are_charged_against_the_queues_quota(
                  == [{"pool": fleet.pool, "gpus": 0.286}], 10, what="queue usage 0.286 GPU")
     finally:
         manager.stop = True
+
+
+def test_a_restarted_mig_gang_avoids_the_node_that_failed_it(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    fleet = mig_fleet(cluster, namespace, nodes=2)
+    manager = FakeMigManager(cluster, fleet.nodes)
+    manager.start()
+    try:
+        make_job(cluster, namespace, fleet, "flaky", replicas=1, resources={"migProfile": "1g.10gb"},
+                 labels={"wanka.io/sim": "fail"}, annotations={"wanka.io/sim-delay": "2s"},
+                 restartPolicy={"maxRestarts": 3, "backoffSeconds": 1})
+
+        def placed_on() -> str | None:
+            placement = (cluster.get("trainingjobs", "flaky", namespace).get("status") or {}).get("placement")
+            return placement[0]["node"] if placement else None
+
+        first = wait_for(placed_on, 30, what="first placement")
+        wait_for(lambda: (cluster.get("trainingjobs", "flaky", namespace).get("status") or {})
+                 .get("restarts", 0) >= 1, 30, what="the member failed and the gang restarted")
+        second = wait_for(placed_on, 30, what="placed again")
+        assert second != first, f"placed on {first} again, the node that failed it"
+        status = cluster.get("trainingjobs", "flaky", namespace)["status"]
+        assert first in status["excludedNodes"]
+    finally:
+        manager.stop = True

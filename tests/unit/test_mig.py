@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from wanka.cluster.mig import MigNode, pick_instances, plan_repartitions
 from wanka.core.mig import (
     MIG_MODELS,
     MigDevice,
@@ -186,8 +187,6 @@ def test_plan_counts_instances_still_being_applied_and_leaves_that_device_alone(
 
 
 def test_repartitions_skip_a_node_whose_change_is_in_flight_but_count_its_instances() -> None:
-    from wanka.cluster.mig import MigNode, plan_repartitions
-
     four_and_three = geo("1g.10gb@0", "1g.10gb@1", "1g.10gb@2", "1g.10gb@3", "3g.40gb@4")
     nodes = {
         "a": MigNode("a", H100, 8, {0: four_and_three}, ready=False),
@@ -199,3 +198,30 @@ def test_repartitions_skip_a_node_whose_change_is_in_flight_but_count_its_instan
     (change,) = changes
     assert list(change.geometry) == [0], "one more device covers the 6 not in flight"
     assert sum(1 for i in change.geometry[0] if i.profile == "1g.10gb") >= 6
+
+
+def _mig_node(name: str, rack: str, free_1g: int, ready: bool = True) -> MigNode:
+    instances = tuple(MigInstance("1g.10gb", i) for i in range(free_1g))
+    return MigNode(name, H100, 8, {0: instances}, ready=ready, labels={"wanka.io/rack": rack})
+
+
+def test_pick_instances_skips_excluded_and_settling_nodes_and_packs_few_nodes() -> None:
+    nodes = {"a": _mig_node("a", "r1", 1), "b": _mig_node("b", "r1", 3), "c": _mig_node("c", "r2", 7, ready=False)}
+    picks, why = pick_instances(nodes, "1g.10gb", 3)
+    assert why == "" and {n for n, _, _ in picks} == {"b"}, "three on one node rather than two"
+    picks, why = pick_instances(nodes, "1g.10gb", 3, excluded={"b"})
+    assert picks == [] and "1 free 1g.10gb" in why, "the node that failed the job is avoided"
+    assert pick_instances(nodes, "3g.40gb", 1)[0] == []
+
+
+def test_pick_instances_honours_topology() -> None:
+    nodes = {"a": _mig_node("a", "r1", 2), "b": _mig_node("b", "r2", 3), "c": _mig_node("c", "r2", 1)}
+    rack = "wanka.io/rack"
+    picks, _ = pick_instances(nodes, "1g.10gb", 2, level=rack, required=True)
+    assert {n for n, _, _ in picks} == {"a"}, "the tightest rack that holds the gang"
+    picks, _ = pick_instances(nodes, "1g.10gb", 4, level=rack, required=True)
+    assert {n for n, _, _ in picks} == {"b", "c"}
+    picks, why = pick_instances(nodes, "1g.10gb", 5, level=rack, required=True)
+    assert picks == [] and "the best wanka.io/rack has 4 free" in why and "of 6 free" in why
+    picks, _ = pick_instances(nodes, "1g.10gb", 5, level=rack, required=False)
+    assert len(picks) == 5, "Preferred spans racks when no single one holds the gang"

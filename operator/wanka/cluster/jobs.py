@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -50,6 +50,7 @@ from wanka.cluster.mig import (
     encode_geometry,
     merge_configmap,
     mig_nodes,
+    pick_instances,
     plan_repartitions,
     render_config,
 )
@@ -771,25 +772,36 @@ class JobReconciler:
             if over is not None:
                 self._wait(job, "Quota", over)
                 continue
-            picks: list[tuple[str, int, int]] = []
-            for node in sorted(nodes.values(), key=lambda n: n.name):
-                while node.ready and len(picks) < spec.replicas:
-                    found = node.free_instance(profile)
-                    if found is None:
-                        break
-                    node.used.add(found)
-                    picks.append((node.name, *found))
-            if len(picks) == spec.replicas:
+            topology = spec.topology
+            picks, short = pick_instances(
+                nodes, profile, spec.replicas, excluded=set(job.status.excluded_nodes),
+                level=topology.level if topology else "",
+                required=topology is not None and topology.mode == "Required")
+            if picks:
+                for name, dev, start in picks:
+                    nodes[name].used.add((dev, start))
                 book.charge(spec.queue, pool_name, want)
                 self._admit_mig(job, picks, now)
                 continue
-            for name, dev, start in picks:  # not all fit: give them back
-                nodes[name].used.discard((dev, start))
+            usable = sum(len(n.free_instances(profile)) for n in nodes.values()
+                         if n.ready and n.name not in job.status.excluded_nodes)
+            if usable >= spec.replicas:  # enough free instances, only not in one domain
+                self._wait(job, "Topology", short)
+                continue
             demand[profile] = demand.get(profile, 0) + spec.replicas
             blocked.append((job, profile))
         if not blocked:
             return
-        changes, reasons = plan_repartitions(nodes, demand, pool.sharing.mig_profiles)
+        # A free instance on a node that a blocked job excluded (it failed there) cannot serve
+        # that job: keep it out of the supply the planner counts, or the job waits forever.
+        unusable: dict[str, set[str]] = {}
+        for job, profile in blocked:
+            for name in job.status.excluded_nodes:
+                unusable.setdefault(name, set()).add(profile)
+        supply = {name: replace(node, used=node.used | {
+            inst for profile in unusable.get(name, ()) for inst in node.free_instances(profile)})
+            for name, node in nodes.items()}
+        changes, reasons = plan_repartitions(supply, demand, pool.sharing.mig_profiles)
         for change in changes:
             try:
                 self._repartition(change, nodes[change.node].devices)

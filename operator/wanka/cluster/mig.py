@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,13 +118,51 @@ class MigNode:
     used: set[tuple[int, int]] = field(default_factory=set)  # (device, start) held by a pod
     whole_gpu_pods: int = 0  # pods holding whole GPUs: the node is not ours to repartition
     ready: bool = True
+    labels: dict[str, str] = field(default_factory=dict)  # the node's labels (topology domains)
 
-    def free_instance(self, profile: str) -> tuple[int, int] | None:
-        for dev in sorted(self.geometry):
-            for inst in self.geometry[dev]:
-                if inst.profile == profile and (dev, inst.start) not in self.used:
-                    return dev, inst.start
-        return None
+    def free_instances(self, profile: str) -> list[tuple[int, int]]:
+        """(device, start) of every free instance of `profile`, in device order."""
+        return [(dev, inst.start) for dev in sorted(self.geometry) for inst in self.geometry[dev]
+                if inst.profile == profile and (dev, inst.start) not in self.used]
+
+
+def pick_instances(
+    nodes: Mapping[str, MigNode], profile: str, count: int, excluded: Collection[str] = (),
+    level: str = "", required: bool = False,
+) -> tuple[list[tuple[str, int, int]], str]:
+    """Free instances of `profile` for a gang of `count` replicas, or why there are none.
+
+    Nodes not ready (a change being applied) and `excluded` ones (nodes that failed the job)
+    are skipped. With a topology `level`, the gang goes into one domain of it when one holds
+    it (the one with the least room that does, keeping roomier domains for bigger gangs);
+    `required` refuses anything else. The gang packs onto the fewest nodes it can.
+    """
+    free = {name: f for name, node in sorted(nodes.items())
+            if node.ready and name not in excluded and (f := node.free_instances(profile))}
+
+    def fill(names: Iterable[str]) -> list[tuple[str, int, int]]:
+        picks: list[tuple[str, int, int]] = []
+        for name in sorted(names, key=lambda n: (-len(free[n]), n)):
+            picks += [(name, dev, start) for dev, start in free[name][:count - len(picks)]]
+        return picks
+
+    if level:
+        domains: dict[str, list[str]] = {}
+        for name in free:
+            if nodes[name].labels.get(level):
+                domains.setdefault(nodes[name].labels[level], []).append(name)
+        room = {d: sum(len(free[n]) for n in names) for d, names in domains.items()}
+        fitting = sorted((r, d) for d, r in room.items() if r >= count)
+        if fitting:
+            return fill(domains[fitting[0][1]]), ""
+        if required:
+            best = max(room.values(), default=0)
+            return [], (f"needs {count} x {profile} in one {level}; the best {level} has {best} free "
+                        f"(of {sum(len(f) for f in free.values())} free on usable nodes)")
+    picks = fill(free)
+    if len(picks) < count:
+        return [], f"{len(picks)} free {profile} instance(s) on usable nodes; the gang needs {count}"
+    return picks, ""
 
 
 def mig_nodes(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]],
@@ -137,7 +175,7 @@ def mig_nodes(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, An
         geometry = read_geometry(node)
         devices = int(quantity(cap.get(resource))) + sum(1 for g in geometry.values() if g)
         out[name] = MigNode(name, model_of(node), devices, geometry,
-                            ready=applied(node, geometry))
+                            ready=applied(node, geometry), labels=dict(labels(node)))
     for pod in pods:
         where = str((pod.get("spec") or {}).get("nodeName") or "")
         if where not in out or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
