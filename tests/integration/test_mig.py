@@ -58,8 +58,8 @@ class FakeMigManager(threading.Thread):
         self.applied[name] = config
 
 
-def mig_fleet(cluster: Cluster, namespace: str, nodes: int = 2, quota: float = 10_000) -> Fleet:
-    return make_fleet(cluster, namespace, nodes=nodes, racks=1, quota=quota,
+def mig_fleet(cluster: Cluster, namespace: str, nodes: int = 2, quota: float = 10_000, gpus: int = 8) -> Fleet:
+    return make_fleet(cluster, namespace, nodes=nodes, gpus=gpus, racks=1, quota=quota,
                       sharing={"mode": "MIG", "migProfiles": ["1g.10gb", "3g.40gb", "7g.80gb"]})
 
 
@@ -191,5 +191,36 @@ def test_a_restarted_mig_gang_avoids_the_node_that_failed_it(
         assert second != first, f"placed on {first} again, the node that failed it"
         status = cluster.get("trainingjobs", "flaky", namespace)["status"]
         assert first in status["excludedNodes"]
+    finally:
+        manager.stop = True
+
+
+def test_a_freed_mig_instance_goes_to_the_queue_furthest_below_its_fair_share(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    fleet = mig_fleet(cluster, namespace, nodes=1, gpus=2)
+    other = Fleet(fleet.pool, f"{fleet.queue}-b", fleet.nodes)
+    cluster.create("tenantqueues", {"apiVersion": "wanka.io/v1alpha1", "kind": "TenantQueue",
+                                    "metadata": {"name": other.queue},
+                                    "spec": {"namespaces": [namespace], "quotas": [{"pool": fleet.pool, "gpus": 100}]}})
+    manager = FakeMigManager(cluster, fleet.nodes, gpus=2)
+    manager.start()
+    try:
+        whole = {"migProfile": "7g.80gb"}
+        for name in ("a0", "a1"):  # queue a takes both devices
+            make_job(cluster, namespace, fleet, name, replicas=1, resources=whole)
+        wait_for(lambda: all(phase(cluster, namespace, n) == "Running" for n in ("a0", "a1")), 30,
+                 what="a0 and a1 running")
+        make_job(cluster, namespace, fleet, "a2", replicas=1, resources=whole)
+        time.sleep(1.1)  # creation timestamps have one-second resolution: a2 is the older
+        make_job(cluster, namespace, other, "b1", replicas=1, resources=whole)
+        for name in ("a2", "b1"):
+            wait_for(lambda name=name: (c := condition(cluster, namespace, name, "Admitted"))
+                     and c["reason"] not in ("Queued",), 15, what=f"{name} waits for a device")
+        cluster.delete("trainingjobs", "a0", namespace)
+        winner = wait_for(lambda: next((n for n in ("a2", "b1") if phase(cluster, namespace, n) == "Running"),
+                                       None), 30, what="one of a2, b1 runs on the freed device")
+        assert winner == "b1", "queue a already runs a GPU; b runs none, so b is further below its share"
+        assert phase(cluster, namespace, "a2") == "Queued"
     finally:
         manager.stop = True

@@ -40,3 +40,22 @@ def test_unlimited_borrowing_is_still_bounded_by_the_cohort() -> None:
     why = b.reason("only", "p", 143)
     assert why is not None and "unused quota to lend" in why
     assert b.reason("nobody", "p", 1) == "queue nobody has no quota on pool p"
+
+
+def test_fair_order_offers_the_queue_furthest_below_its_share_and_rereads_after_each_pick() -> None:
+    from wanka.core.queueing import fair_order
+    from wanka.core.requests import GangRequest
+
+    def req(owner: str, queue: str, created: float, priority: int = 0) -> GangRequest:
+        return GangRequest(owner=owner, queue=queue, pool="p", priority=priority, replicas=1, gpus=1,
+                           created=created)
+
+    b = book(a=(4, None), b=(4, None))
+    b.charge("a", "p", 2000)  # a already runs two GPUs
+    pending = [req("a1", "a", 1), req("a2", "a", 2), req("b1", "b", 3), req("b2", "b", 4), req("hi", "a", 9, 5)]
+    order = []
+    for r in fair_order(pending, lambda q, p: b.deficit(q, p, 8000, 2)):
+        order.append(r.owner)
+        b.charge(r.queue, r.pool, 1000)  # admitted: its queue's deficit shrinks
+    # Priority first; then b, which stays further below its share than a for both its gangs.
+    assert order == ["hi", "b1", "b2", "a1", "a2"]

@@ -66,7 +66,7 @@ from wanka.cluster.translate import (
     node_ready,
     pod_requests,
 )
-from wanka.core.mig import Geometry
+from wanka.core.mig import Geometry, mig_model
 from wanka.core.queueing import (
     Admit,
     PoolQuota,
@@ -75,6 +75,7 @@ from wanka.core.queueing import (
     QuotaBook,
     SchedulerConfig,
     Wait,
+    fair_order,
     schedule,
 )
 from wanka.core.requests import GangRequest, InvalidRequest
@@ -747,24 +748,33 @@ class JobReconciler:
                 nodes[name].geometry, nodes[name].ready = dict(geometry), False
         # Quotas charge MIG gangs the way the scheduling cycle charges every other pool:
         # nominal quota, then borrowing from the cohort's unused quota up to the limit.
-        book = QuotaBook({q.name: q for q in core_queues(queues)})
+        qspecs = core_queues(queues)
+        book = QuotaBook({q.name: q for q in qspecs})
         for j in active:
             assert j.spec is not None
             book.charge(j.spec.queue, pool_name, j.spec.resources.gpu_milli * j.spec.replicas)
-        demand: dict[str, int] = {}
-        blocked: list[tuple[Job, str]] = []
-        def order_key(j: Job) -> tuple[int, float, str]:
-            created = ts(j.raw["metadata"].get("creationTimestamp")) or 0.0
-            # priority first; a restarting job goes to the front of its queue, then age
-            return (-(j.spec.priority if j.spec else 0), 0.0 if j.status.restarts else created, j.key)
-
-        order = sorted(waiting, key=order_key)
-        for job in order:
-            assert job.spec is not None
+        candidates: dict[str, tuple[Job, GangRequest]] = {}
+        for job in waiting:
             why = self._unservable(job, pool_name, pool, queues)
             if why:
                 self._wait(job, why[0], why[1])
                 continue
+            try:
+                req = job_request(job, pool, resuming=job.status.restarts > 0)
+            except InvalidRequest as exc:
+                self._wait(job, "InvalidRequest", str(exc))
+                continue
+            candidates[req.owner] = (job, req)
+        # The same order as every other pool: priority, then fair-share deficit, then age.
+        capacity = WHOLE * sum(n.devices for n in nodes.values() if mig_model(n.model) is not None)
+        busy_queues = {j.spec.queue for j in active if j.spec} | {r.queue for _, r in candidates.values()}
+        weights = sum(q.weight for q in qspecs if q.name in busy_queues and q.quota(pool_name) is not None)
+        demand: dict[str, int] = {}
+        blocked: list[tuple[Job, str]] = []
+        for req in fair_order([r for _, r in candidates.values()],
+                              lambda queue, at: book.deficit(queue, at, capacity, weights)):
+            job = candidates[req.owner][0]
+            assert job.spec is not None
             spec = job.spec
             profile = spec.resources.mig_profile or ""
             want = spec.resources.gpu_milli * spec.replicas

@@ -35,7 +35,7 @@ Semantics, chosen to be easy to explain to a tenant:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -249,6 +249,19 @@ class QuotaBook:
             )
         return None
 
+    def deficit(self, queue: str, pool: str, capacity: int, total_weight: float) -> float:
+        """How far `queue` is below its fair share of `pool`, in milli-GPU (negative: above).
+
+        Its share is its weight over `total_weight` (the weights of the queues with work in
+        the pool) of the pool's `capacity`, or of the cohort's nominal quota when smaller.
+        """
+        spec = self.queues.get(queue)
+        weight = spec.weight if spec is not None else 0.0
+        nominal = self.cohort_nominal(pool)
+        base = min(capacity, nominal) if nominal else capacity
+        entitled = base * weight / total_weight if total_weight else 0.0
+        return entitled - self.usage.get((queue, pool), 0)
+
     def borrowed(self, queue: str, pool: str, add: int) -> float:
         """GPUs of `add` that would be borrowed from the cohort (beyond the nominal quota)."""
         quota = self.queues[queue].quota(pool)
@@ -320,13 +333,7 @@ class _Cycle:
         return self._capacity
 
     def deficit(self, queue: str, pool: str) -> float:
-        spec = self.queues.get(queue)
-        weight = spec.weight if spec is not None else 0.0
-        total_w = self.total_weight.get(pool, 0.0)
-        nominal = self.cohort_nominal(pool)
-        base = min(self.capacity, nominal) if nominal else self.capacity
-        entitled = base * weight / total_w if total_w else 0.0
-        return entitled - self.usage.get((queue, pool), 0)
+        return self.book.deficit(queue, pool, self.capacity, self.total_weight.get(pool, 0.0))
 
     # --- placement -----------------------------------------------------------------------
     def constrained(self, req: GangRequest) -> GangRequest:
@@ -593,6 +600,35 @@ class _Cycle:
         return True
 
 
+def fair_order(
+    pending: Iterable[GangRequest], deficit: Callable[[str, str], float]
+) -> Iterator[GangRequest]:
+    """Pending gangs in the order they are offered admission.
+
+    Each queue offers its head (higher priority, then older, then name). Among the heads:
+    higher priority, then the larger fair-share `deficit(queue, pool)`, then older, then name.
+    `deficit` is asked again before every pick, so whatever the caller charged for the gangs
+    it admitted so far moves their queue back.
+    """
+    by_queue: dict[str, list[GangRequest]] = {}
+    for req in sorted(pending, key=lambda r: (-r.priority, r.created, r.owner), reverse=True):
+        by_queue.setdefault(req.queue, []).append(req)  # reversed: pop() takes the head
+    while by_queue:
+        name = min(
+            by_queue,
+            key=lambda q: (
+                -by_queue[q][-1].priority,
+                -deficit(q, by_queue[q][-1].pool),
+                by_queue[q][-1].created,
+                by_queue[q][-1].owner,
+            ),
+        )
+        req = by_queue[name].pop()
+        if not by_queue[name]:
+            del by_queue[name]
+        yield req
+
+
 def schedule(
     snapshot: Snapshot,
     queues: Iterable[QueueSpec],
@@ -608,25 +644,10 @@ def schedule(
     Returns one decision per pending gang, plus `Preempt` for each victim, in cycle order.
     """
     qmap = {q.name: q for q in queues}
-    by_queue: dict[str, list[GangRequest]] = {}
-    for req in sorted(pending, key=lambda r: (-r.priority, r.created, r.owner), reverse=True):
-        by_queue.setdefault(req.queue, []).append(req)  # reversed: pop() takes the head
     with snapshot.transaction() as txn:
         cycle = _Cycle(snapshot, qmap, pending, running, now, config, txn)
         attempts = 0
-        while by_queue:
-            name = min(
-                by_queue,
-                key=lambda q: (
-                    -by_queue[q][-1].priority,
-                    -cycle.deficit(q, by_queue[q][-1].pool),
-                    by_queue[q][-1].created,
-                    by_queue[q][-1].owner,
-                ),
-            )
-            req = by_queue[name].pop()
-            if not by_queue[name]:
-                del by_queue[name]
+        for req in fair_order(pending, cycle.deficit):
             if config.max_attempts is not None and attempts >= config.max_attempts:
                 cycle.decisions.append(
                     Wait(req.owner, req.queue, "Skipped", "not reached in this cycle")
