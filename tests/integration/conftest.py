@@ -16,7 +16,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from wanka.cluster.devenv import install_crds
+from wanka.cluster.devenv import install_crds, scrape_metrics, stop_process
 from wanka.cluster.kube import api_client
 from wanka.cluster.localcluster import REPO, ClusterStartError, LocalCluster, free_port
 
@@ -155,10 +155,7 @@ class OperatorProcess:
             return False
 
     def metrics(self) -> str:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            return str(r.read().decode())
+        return scrape_metrics(self.metrics_port)
 
     def kill(self) -> None:
         """SIGKILL: an operator crash at whatever line it was on."""
@@ -167,13 +164,8 @@ class OperatorProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc:
+            stop_process(self.proc)
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -47,6 +47,23 @@ def install_crds(api: client.ApiClient, crd_dir: Path = REPO / "crds", timeout: 
             time.sleep(0.1)
 
 
+def scrape_metrics(port: int) -> str:
+    """The text of an operator's /metrics endpoint on loopback."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 15 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 @dataclass
 class Operator:
     proc: subprocess.Popen[bytes]
@@ -55,17 +72,10 @@ class Operator:
     health_port: int
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            return str(r.read().decode())
+        return scrape_metrics(self.metrics_port)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 def start_operator(kubeconfig: Path, log: Path, *args: str, detach: bool = False,
