@@ -27,6 +27,13 @@ class FakeMigManager(threading.Thread):
         self.applied: dict[str, str] = {}
         self.stop = False
 
+    def __enter__(self) -> FakeMigManager:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop = True
+
     def run(self) -> None:
         while not self.stop:
             for name in self.nodes:
@@ -65,9 +72,7 @@ def mig_fleet(cluster: Cluster, namespace: str, nodes: int = 2, quota: float = 1
 
 def test_ten_small_instances_on_idle_h100s(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
     fleet = mig_fleet(cluster, namespace)
-    manager = FakeMigManager(cluster, fleet.nodes)
-    manager.start()
-    try:
+    with FakeMigManager(cluster, fleet.nodes):
         names = [f"mig{i}" for i in range(10)]
         for name in names:
             make_job(cluster, namespace, fleet, name, replicas=1, resources={"migProfile": "1g.10gb"})
@@ -116,8 +121,6 @@ def test_ten_small_instances_on_idle_h100s(cluster: Cluster, operator: OperatorP
                 if node == n:
                     assert new[dev] == old[dev], f"busy device {n}/{dev} was repartitioned"
         assert all(phase(cluster, namespace, x) == "Running" for x in names), "nothing was disturbed"
-    finally:
-        manager.stop = True
 
 
 def test_busy_devices_are_never_repartitioned_and_impossible_mixes_are_explained(
@@ -150,9 +153,7 @@ def test_mig_gangs_are_charged_against_the_queues_quota(
     """A 1g.10gb instance is 1/7 of a GPU: a 0.3-GPU quota runs two and not a third. The queue's
     borrowing limit is unset (no limit), so only the cohort's unused quota bounds it."""
     fleet = mig_fleet(cluster, namespace, nodes=1, quota=0.3)
-    manager = FakeMigManager(cluster, fleet.nodes)
-    manager.start()
-    try:
+    with FakeMigManager(cluster, fleet.nodes):
         for name in ("m0", "m1"):
             make_job(cluster, namespace, fleet, name, replicas=1, resources={"migProfile": "1g.10gb"})
         wait_for(lambda: all(phase(cluster, namespace, n) == "Running" for n in ("m0", "m1")), 30,
@@ -165,17 +166,13 @@ def test_mig_gangs_are_charged_against_the_queues_quota(
         # The queue's status shows the same charge: two instances of 1/7 of a GPU.
         wait_for(lambda: (cluster.get("tenantqueues", fleet.queue).get("status") or {}).get("usage")
                  == [{"pool": fleet.pool, "gpus": 0.286}], 10, what="queue usage 0.286 GPU")
-    finally:
-        manager.stop = True
 
 
 def test_a_restarted_mig_gang_avoids_the_node_that_failed_it(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
     fleet = mig_fleet(cluster, namespace, nodes=2)
-    manager = FakeMigManager(cluster, fleet.nodes)
-    manager.start()
-    try:
+    with FakeMigManager(cluster, fleet.nodes):
         make_job(cluster, namespace, fleet, "flaky", replicas=1, resources={"migProfile": "1g.10gb"},
                  labels={"wanka.io/sim": "fail"}, annotations={"wanka.io/sim-delay": "2s"},
                  restartPolicy={"maxRestarts": 3, "backoffSeconds": 1})
@@ -191,8 +188,6 @@ def test_a_restarted_mig_gang_avoids_the_node_that_failed_it(
         assert second != first, f"placed on {first} again, the node that failed it"
         status = cluster.get("trainingjobs", "flaky", namespace)["status"]
         assert first in status["excludedNodes"]
-    finally:
-        manager.stop = True
 
 
 def test_a_freed_mig_instance_goes_to_the_queue_furthest_below_its_fair_share(
@@ -203,9 +198,7 @@ def test_a_freed_mig_instance_goes_to_the_queue_furthest_below_its_fair_share(
     cluster.create("tenantqueues", {"apiVersion": "wanka.io/v1alpha1", "kind": "TenantQueue",
                                     "metadata": {"name": other.queue},
                                     "spec": {"namespaces": [namespace], "quotas": [{"pool": fleet.pool, "gpus": 100}]}})
-    manager = FakeMigManager(cluster, fleet.nodes, gpus=2)
-    manager.start()
-    try:
+    with FakeMigManager(cluster, fleet.nodes, gpus=2):
         whole = {"migProfile": "7g.80gb"}
         for name in ("a0", "a1"):  # queue a takes both devices
             make_job(cluster, namespace, fleet, name, replicas=1, resources=whole)
@@ -222,5 +215,3 @@ def test_a_freed_mig_instance_goes_to_the_queue_furthest_below_its_fair_share(
                                        None), 30, what="one of a2, b1 runs on the freed device")
         assert winner == "b1", "queue a already runs a GPU; b runs none, so b is further below its share"
         assert phase(cluster, namespace, "a2") == "Queued"
-    finally:
-        manager.stop = True
