@@ -793,10 +793,8 @@ class JobReconciler:
                 book.charge(spec.queue, pool_name, want)
                 self._admit_mig(job, picks, now)
                 continue
-            usable = sum(len(n.free_instances(profile)) for n in nodes.values()
-                         if n.ready and n.name not in job.status.excluded_nodes)
-            if usable >= spec.replicas:  # enough free instances, only not in one domain
-                self._wait(job, "Topology", short)
+            if topology and pick_instances(nodes, profile, spec.replicas, set(job.status.excluded_nodes))[0]:
+                self._wait(job, "Topology", short)  # enough free instances, only not in one domain
                 continue
             demand[profile] = demand.get(profile, 0) + spec.replicas
             blocked.append((job, profile))
