@@ -299,7 +299,10 @@ def test_gang_not_running_within_its_timeout_is_released_and_requeued(
              what="a GangTimeout event")
     event = next(e for e in cluster.events_for("stuck", namespace) if e.reason == "GangTimeout")
     assert "0/2 replicas running after 2s" in event.message
-    assert (job(cluster, namespace, "stuck").get("status") or {}).get("restarts") == 0
+    status = job(cluster, namespace, "stuck").get("status") or {}
+    assert status.get("restarts") == 0
+    # Not re-admitted at once: the job's backoff (30 s by default) holds it.
+    assert status.get("failedAdmissions", 0) >= 1 and status.get("retryAfter"), status
 
 
 def test_higher_priority_gang_preempts_and_the_victim_resumes_later(

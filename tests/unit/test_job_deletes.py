@@ -1,25 +1,26 @@
-"""A deleted job's cleanup is sent once, not on every pass while the watch catches up."""
+"""A deleted job's cleanup is sent once, not on every pass while the watch catches up; pods
+that cannot stop (their node is gone) are force-deleted instead of waited for."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from wanka.cluster.cache import FleetCache
+from wanka.cluster.cache import ASSUME_SECONDS, FleetCache
 from wanka.cluster.jobio import FINALIZER
-from wanka.cluster.jobs import DELETE_RESEND_SECONDS, JobReconciler
+from wanka.cluster.jobs import JobReconciler
 
 
 class RecordingIO:
     """Stands in for JobIO: records the calls the job loop makes (no API behind it)."""
 
     def __init__(self) -> None:
-        self.pod_deletes: list[str] = []
+        self.pod_deletes: list[tuple[str, int | None]] = []
         self.owned_deletes: list[str] = []
         self.finalizers: list[list[str]] = []
 
     def delete_pod(self, ns: str, name: str, grace: int | None = None) -> None:
-        self.pod_deletes.append(name)
+        self.pod_deletes.append((name, grace))
 
     def delete_owned(self, ns: str, job: str, names: Mapping[str, str]) -> None:
         self.owned_deletes.append(job)
@@ -44,38 +45,52 @@ def deleted_job() -> dict[str, Any]:
     }
 
 
-def member(i: int) -> dict[str, Any]:
-    return {"metadata": {"name": f"gone-{i}", "namespace": "ns", "uid": f"pod-{i}",
+def member(i: int, node: str = "n1") -> dict[str, Any]:
+    return {"metadata": {"name": f"gone-{i}", "namespace": "ns", "uid": f"pod-{i}", "resourceVersion": str(10 + i),
                          "labels": {"wanka.io/job": "gone", "wanka.io/replica": str(i)}},
-            "spec": {"nodeName": "n1", "containers": [{"name": "c"}]}, "status": {"phase": "Running"}}
+            "spec": {"nodeName": node, "containers": [{"name": "c"}]}, "status": {"phase": "Running"}}
 
 
-def test_cleanup_is_sent_once_then_again_only_after_the_resend_interval() -> None:
-    cache = FleetCache()
+def ready_node(name: str) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def test_cleanup_is_sent_once_then_again_only_after_the_assumption_expires() -> None:
+    mono = [0.0]
+    cache = FleetCache(clock=lambda: mono[0])
     cache.replace("trainingjobs", [deleted_job()])
     cache.replace("pods", [member(0), member(1)])
+    cache.replace("nodes", [ready_node("n1")])
     io = RecordingIO()
-    clock = [1000.0]
-    loop = JobReconciler(cache, io, Events(), clock=lambda: clock[0])  # type: ignore[arg-type]
+    loop = JobReconciler(cache, io, Events(), clock=lambda: 1000.0)  # type: ignore[arg-type]
 
     loop.reconcile_all()
-    assert sorted(io.pod_deletes) == ["gone-0", "gone-1"] and io.owned_deletes == ["gone"]
-    clock[0] += 1
+    assert sorted(io.pod_deletes) == [("gone-0", None), ("gone-1", None)]
+    assert io.owned_deletes == [] and io.finalizers == []  # pods may still run: keep everything
     loop.reconcile_all()  # the watch has not shown the deletes yet: nothing is sent again
-    assert len(io.pod_deletes) == 2 and io.owned_deletes == ["gone"]
+    assert len(io.pod_deletes) == 2
 
-    # One pod now shows it is terminating; the other still does not, long after: resent once.
+    # One pod now shows it is terminating; the other never does: resent once the bound passes.
     terminating = member(0)
     terminating["metadata"]["deletionTimestamp"] = "2026-11-22T10:00:01Z"
+    terminating["metadata"]["resourceVersion"] = "20"
     cache.replace("pods", [terminating, member(1)])
-    clock[0] += DELETE_RESEND_SECONDS
+    mono[0] += ASSUME_SECONDS + 1
     loop.reconcile_all()
-    assert io.pod_deletes[2:] == ["gone-1"] and io.owned_deletes == ["gone"]
+    assert io.pod_deletes[2:] == [("gone-1", None)]
 
-    # Pods gone: the finalizer comes off, and the memos are forgotten with the objects.
+    # Pods gone: the job's objects are deleted once and the finalizer comes off.
     cache.replace("pods", [])
     loop.reconcile_all()
-    assert io.finalizers == [[]]
-    cache.replace("trainingjobs", [])
+    assert io.finalizers == [[]] and io.owned_deletes == ["gone"]
+
+
+def test_pods_on_a_vanished_node_are_force_deleted_and_do_not_hold_the_finalizer() -> None:
+    cache = FleetCache()
+    cache.replace("trainingjobs", [deleted_job()])
+    cache.replace("pods", [member(0, node="dead"), member(1, node="dead")])
+    io = RecordingIO()
+    loop = JobReconciler(cache, io, Events(), clock=lambda: 1000.0)  # type: ignore[arg-type]
     loop.reconcile_all()
-    assert not loop._pod_deletes and not loop._objects_released
+    assert sorted(io.pod_deletes) == [("gone-0", 0), ("gone-1", 0)]
+    assert io.finalizers == [[]] and io.owned_deletes == ["gone"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import AliasGenerator, BaseModel, ConfigDict, Field
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
+
+M = TypeVar("M", bound=BaseModel)
 
 GROUP = "wanka.io"
 VERSION = "v1alpha1"
@@ -179,3 +181,49 @@ def set_condition(
 
 def find_condition(conditions: list[Condition], type_: str) -> Condition | None:
     return next((c for c in conditions if c.type == type_), None)
+
+
+def lenient(model: type[M], raw: object) -> M:
+    """Parse `raw` into `model`, keeping every field that is valid and dropping the rest.
+
+    For status written by another operator version: an unknown or malformed field must cost
+    only itself (never, say, the placement beside it). Lists keep their valid items.
+    """
+    data = raw if isinstance(raw, dict) else {}
+    try:
+        return model.model_validate(data)
+    except ValidationError:
+        pass
+    kept: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        if key not in data:
+            continue
+        value = data[key]
+        try:
+            model.model_validate({key: value})
+        except ValidationError as exc:
+            # Required fields of `model` missing from the probe are not this field's fault.
+            if any(err["loc"] and err["loc"][0] == key for err in exc.errors()):
+                if isinstance(value, list):
+                    good = [item for item in value if _item_ok(model, key, item)]
+                    if _item_ok_list(model, key, good):
+                        kept[key] = good
+                continue
+        kept[key] = value
+    try:
+        return model.model_validate(kept)
+    except ValidationError:
+        return model.model_construct()
+
+
+def _item_ok(model: type[BaseModel], key: str, item: object) -> bool:
+    return _item_ok_list(model, key, [item])
+
+
+def _item_ok_list(model: type[BaseModel], key: str, items: list[Any]) -> bool:
+    try:
+        model.model_validate({key: items})
+    except ValidationError as exc:
+        return not any(err["loc"] and err["loc"][0] == key for err in exc.errors())
+    return True

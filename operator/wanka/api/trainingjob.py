@@ -325,6 +325,17 @@ class TrainingJobStatus(WankaModel):
     gpus: float | None = Field(
         default=None, ge=0, description="GPU-equivalents the whole gang asks for."
     )
+    failed_admissions: int = Field(
+        default=0, ge=0,
+        description="Placements released before the gang ran (gang timeout, pods refused by the "
+        "API, a failed bind) since it last ran; the backoff grows with it.",
+    )
+    nominated_victims: list[str] = Field(
+        default_factory=list, max_length=256,
+        description="Gangs (namespace/name) being preempted for this job: it waits for them to "
+        "stop and picks no other victims meanwhile.",
+        json_schema_extra={"items": {"type": "string", "maxLength": 2 * MAX_NAME + 1}},
+    )
 
 
 class TrainingJob(WankaModel):

@@ -1,14 +1,30 @@
-"""The operator's in-memory view of the cluster, fed by watch events, waking loops on change."""
+"""The operator's in-memory view of the cluster, fed by watch events, waking loops on change.
+
+What the operator itself wrote is *assumed* (Kueue's AssumeWorkload): reads see the written
+object until the watch shows a newer version of it, or until a bound passes and the
+assumption is forgotten (the write may have been lost; the watch is the truth). Cached
+objects are never mutated: an assumption is a new object beside the watched one.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
+import logging
+import os
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 Key = tuple[str, str]  # (namespace or "", name)
+ASSUME_SECONDS = 30.0
+# Test failpoint: deliver every watch event this many seconds late (a lagging watch).
+WATCH_LAG_ENV = "WANKA_FAILPOINT_WATCH_LAG_SECONDS"
 
 
 def key_of(body: Mapping[str, Any]) -> Key:
@@ -16,11 +32,19 @@ def key_of(body: Mapping[str, Any]) -> Key:
     return (meta.get("namespace") or "", meta.get("name") or "")
 
 
-def _version(body: Mapping[str, Any]) -> int:
+def version(body: Mapping[str, Any]) -> int:
     try:
         return int((body.get("metadata") or {}).get("resourceVersion") or 0)
     except ValueError:
         return 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Assumed:
+    body: dict[str, Any]
+    upto: int  # forgotten once the watch shows this resourceVersion or a newer one
+    until: float  # forgotten after this (monotonic) time in any case
+    created: bool  # we created it: its absence from a LIST does not refute it
 
 
 @dataclass
@@ -30,6 +54,8 @@ class Store:
 
     objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    assumed: dict[Key, _Assumed] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
 
     def upsert(self, body: Mapping[str, Any]) -> None:
         with self.lock:
@@ -37,15 +63,43 @@ class Store:
 
     def delete(self, body: Mapping[str, Any]) -> None:
         with self.lock:
-            self.objects.pop(key_of(body), None)
+            key = key_of(body)
+            self.objects.pop(key, None)
+            self.assumed.pop(key, None)
+
+    def _view(self, key: Key) -> dict[str, Any] | None:
+        """The object as this operator should see it: watched, or assumed over it."""
+        watched = self.objects.get(key)
+        mine = self.assumed.get(key)
+        if mine is None:
+            return watched
+        if self.clock() > mine.until or (watched is not None and version(watched) >= mine.upto):
+            del self.assumed[key]  # the watch caught up (or the bound passed): it is the truth
+            return watched
+        return mine.body
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self.lock:
-            return self.objects.get((namespace, name))
+            return self._view((namespace, name))
 
     def values(self) -> list[dict[str, Any]]:
         with self.lock:
-            return list(self.objects.values())
+            if not self.assumed:
+                return list(self.objects.values())
+            out = []
+            for key in self.objects.keys() | self.assumed.keys():
+                body = self._view(key)
+                if body is not None:
+                    out.append(body)
+            return out
+
+    def assume(self, body: Mapping[str, Any], upto: int | None = None, seconds: float = ASSUME_SECONDS,
+               created: bool = False) -> None:
+        """Read `body` in place of the watched object until the watch shows version `upto`
+        (default: `body`'s own version) or newer, or `seconds` pass. `created`: we created it."""
+        with self.lock:
+            self.assumed[key_of(body)] = _Assumed(dict(body), version(body) if upto is None else upto,
+                                                  self.clock() + seconds, created)
 
     def replace(self, bodies: list[dict[str, Any]]) -> None:
         """Take a full LIST, but keep any object a watch event brought in newer than it."""
@@ -53,9 +107,11 @@ class Store:
             fresh = {key_of(b): b for b in bodies}
             for key, current in self.objects.items():
                 listed = fresh.get(key)
-                if listed is not None and _version(current) > _version(listed):
+                if listed is not None and version(current) > version(listed):
                     fresh[key] = current
             self.objects = fresh
+            for key in [k for k, a in self.assumed.items() if k not in fresh and not a.created]:
+                del self.assumed[key]  # a change to an object the LIST says is gone
 
     def __len__(self) -> int:
         with self.lock:
@@ -65,18 +121,55 @@ class Store:
 KINDS = ("nodes", "pods", "gpupools", "trainingjobs", "tenantqueues", "configmaps", "namespaces")
 
 
+class _Lag:
+    """Delivers watch events `seconds` late, in order (a failpoint for tests)."""
+
+    def __init__(self, seconds: float, deliver: Callable[[str, str | None, Mapping[str, Any]], None]) -> None:
+        self.seconds = seconds
+        self.deliver = deliver
+        self.queue: list[tuple[float, int, str, str | None, Mapping[str, Any]]] = []
+        self.counter = itertools.count()
+        self.cond = threading.Condition()
+        threading.Thread(target=self._run, name="watch-lag", daemon=True).start()
+
+    def put(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
+        with self.cond:
+            heapq.heappush(self.queue, (time.monotonic() + self.seconds, next(self.counter), kind,
+                                        event_type, dict(body)))
+            self.cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.queue or self.queue[0][0] > time.monotonic():
+                    self.cond.wait(timeout=(self.queue[0][0] - time.monotonic()) if self.queue else None)
+                _, _, kind, event_type, body = heapq.heappop(self.queue)
+            self.deliver(kind, event_type, body)
+
+
 class FleetCache:
     """Watched objects of every kind the operator reads, plus a wake-up signal per loop."""
 
-    def __init__(self) -> None:
-        self.stores: dict[str, Store] = {kind: Store() for kind in KINDS}
+    def __init__(self, lag_seconds: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stores: dict[str, Store] = {kind: Store(clock=clock) for kind in KINDS}
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        if lag_seconds is None:
+            lag_seconds = float(os.environ.get(WATCH_LAG_ENV) or 0)
+        self._lag = _Lag(lag_seconds, self._observe) if lag_seconds > 0 else None
+        if self._lag is not None:
+            log.warning("failpoint: every watch event is delivered %.1fs late", lag_seconds)
 
     def store(self, kind: str) -> Store:
         return self.stores[kind]
 
     def observe(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
         """Apply one watch event (kopf passes type None for the initial listing)."""
+        if self._lag is not None:
+            self._lag.put(kind, event_type, body)
+        else:
+            self._observe(kind, event_type, body)
+
+    def _observe(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
         if event_type == "DELETED":
             self.stores[kind].delete(body)
         else:

@@ -34,7 +34,7 @@ from wanka.core.health import (
     read_record,
     step,
 )
-from wanka.metrics import HEALTH_TRANSITIONS, SIGNAL_TO_TAINT
+from wanka.metrics import HEALTH_TRANSITIONS, RECONCILE_ERRORS, SIGNAL_TO_TAINT
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,13 @@ class HealthReconciler:
         self, pool: Mapping[str, Any], name: str, policy: HealthPolicy, nodes: list[dict[str, Any]]
     ) -> None:
         now = self.clock()
-        decisions = {n["metadata"]["name"]: step(read_record(n), observe_node(n), policy, now)
-                     for n in nodes}
+        decisions: dict[str, HealthDecision] = {}
+        for n in list(nodes):
+            try:
+                decisions[n["metadata"]["name"]] = step(read_record(n), observe_node(n), policy, now)
+            except Exception as exc:  # one node's malformed annotations fail that node only
+                self._node_error(n, exc)
+        nodes = [n for n in nodes if n["metadata"]["name"] in decisions]
         verdict = guard_pool(
             [GuardInput(name=n, tainted=current_taint(node) is not None,
                         wants_taint=decisions[n].taint is not None,
@@ -135,8 +140,23 @@ class HealthReconciler:
                 self._apply(pool, name, node, decisions[node_name], node_name in verdict.held, now)
             except ApiException as exc:
                 if exc.status not in (404, 409):
-                    raise
+                    self._node_error(node, exc)
                 # A stale view (409) or a vanished node: the watch brings news, the next pass retries.
+            except Exception as exc:
+                self._node_error(node, exc)
+
+    def _node_error(self, node: Mapping[str, Any], exc: Exception) -> None:
+        """An error handling one node: an Event on it and a metric; the other nodes go on."""
+        RECONCILE_ERRORS.labels("node").inc()
+        name = node["metadata"]["name"]
+        log.warning("health of node %s not reconciled: %s: %s", name, type(exc).__name__, exc,
+                    exc_info=not isinstance(exc, ApiException))
+        message = (f"the API answered {exc.status} {exc.reason}" if isinstance(exc, ApiException)
+                   else f"{type(exc).__name__}: {exc}")[:1024]
+        try:
+            self.events.record({**node, "apiVersion": "v1", "kind": "Node"}, "Warning", "ReconcileError", message)
+        except Exception:
+            log.debug("could not record the failure on node %s", name, exc_info=True)
 
     def _apply(
         self, pool: Mapping[str, Any], pool_name: str, node: Mapping[str, Any],

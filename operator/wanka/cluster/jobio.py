@@ -53,13 +53,15 @@ class JobIO:
             raise
 
     # --- what it owns --------------------------------------------------------------------
-    def ensure(self, obj: Mapping[str, Any]) -> None:
-        """Create `obj` unless it exists already (by name)."""
+    def ensure(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create `obj` unless it exists already (by name); a created Pod is returned as the API
+        stored it (for the cache to assume), anything else as None."""
         ns = obj["metadata"]["namespace"]
         kind = obj["kind"]
         try:
             if kind == "Pod":
-                self.core.create_namespaced_pod(ns, obj)
+                created = self.core.create_namespaced_pod(ns, obj)
+                return dict(self.api.sanitize_for_serialization(created))
             elif kind == "Service":
                 self.core.create_namespaced_service(ns, obj)
             elif kind == "ServiceAccount":
@@ -75,6 +77,7 @@ class JobIO:
         except ApiException as exc:
             if exc.status != 409:
                 raise
+        return None
 
     def bind(self, ns: str, pod: str, node: str) -> str | None:
         """Bind through pods/binding. None when bound (now or before); else why it failed."""

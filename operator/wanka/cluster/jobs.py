@@ -1,15 +1,23 @@
-"""The TrainingJob loop: admission through the core's scheduler, pods bound as a whole gang,
-recovery of interrupted gangs from their checkpoint, and release on deletion.
+"""The TrainingJob loop: observes jobs, pods and nodes, asks the core what to do, applies it.
+
+The rules of a gang's life are the core's (`core.lifecycle.step`); admission is the core's
+scheduling cycle. This module only observes and applies: it reads the cache, turns objects
+into plain facts, and carries out each plan with idempotent, preconditioned writes.
 
 Everything durable lives in the API: the reservation ledger is each admitted job's
 `status.placement` (written before any pod exists), so a restarted operator rebuilds it from
 the cluster. A pass may stop at any line; the next pass sees what was written and carries on.
+What this operator wrote is assumed in the cache until the watch shows it, so a lagging watch
+never makes a pass decide on a status older than its own last write.
+
+One job's trouble is its own: any error while handling it becomes a `Reconciled=False`
+condition and an Event on that job and a `wanka_reconcile_errors_total` increment; the pass
+goes on with every other job, pool and queue.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -20,7 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from wanka import failpoints
-from wanka.api.common import Condition, find_condition, set_condition
+from wanka.api.common import Condition, lenient, set_condition
 from wanka.api.gpupool import GPUPoolSpec
 from wanka.api.tenantqueue import TenantQueueSpec
 from wanka.api.trainingjob import (
@@ -30,8 +38,9 @@ from wanka.api.trainingjob import (
     TrainingJobStatus,
 )
 from wanka.cluster.cache import FleetCache
+from wanka.cluster.cache import version as version_of
 from wanka.cluster.jobio import FINALIZER, Conflict, JobIO
-from wanka.cluster.ledger import ACTIVE, ledger_allocations
+from wanka.cluster.ledger import ledger_allocations
 from wanka.cluster.manifests import (
     ATTEMPT_LABEL,
     checkpoint_configmap_name,
@@ -66,6 +75,8 @@ from wanka.cluster.translate import (
     node_ready,
     pod_requests,
 )
+from wanka.core import lifecycle
+from wanka.core.lifecycle import ACTIVE, JobFacts, NodeFacts, PodFacts, VictimFacts
 from wanka.core.mig import Geometry, mig_model
 from wanka.core.queueing import (
     Admit,
@@ -92,8 +103,10 @@ from wanka.metrics import (
 
 log = logging.getLogger(__name__)
 
-# A delete we sent is repeated only if the pod still shows no deletionTimestamp this long after.
-DELETE_RESEND_SECONDS = 10.0
+# Status codes with which the API refuses a pod for good (until someone changes something):
+# bad request, forbidden (admission, a missing ServiceAccount), not found (namespace),
+# invalid. Anything else (conflicts aside) is transient and retried on the next pass.
+REFUSALS = frozenset({400, 403, 404, 422})
 
 
 class Recorder(Protocol):
@@ -111,20 +124,68 @@ def ts(value: Any) -> float | None:
     return None
 
 
-def to_dt(epoch: float) -> datetime:
-    return datetime.fromtimestamp(math.floor(epoch), UTC)
+to_dt = lifecycle.to_dt
 
 
-def backoff_seconds(restarts: int, base: int, cap: int) -> int:
-    """Exponential backoff: base, 2 base, 4 base, ... capped."""
-    if restarts <= 0 or base <= 0:
-        return 0
-    return int(min(cap, base * 2 ** min(restarts - 1, 30)))
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
+    """A pod as the lifecycle reads it; any malformed part reads as absent."""
+    meta = _dict(pod.get("metadata"))
+    lab = _dict(meta.get("labels"))
+    st = _dict(pod.get("status"))
+    code = None
+    for cs in st.get("containerStatuses") or []:
+        term = _dict(_dict(_dict(cs).get("state")).get("terminated"))
+        if term.get("exitCode"):
+            code = _int(term["exitCode"])
+            break
+    conditions = [_dict(c) for c in st.get("conditions") or []]
+    ready = st.get("phase") == "Running" and any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return PodFacts(
+        name=str(meta.get("name") or ""),
+        replica=_int(lab.get(REPLICA_LABEL)),
+        attempt=_int(lab.get(ATTEMPT_LABEL)),
+        phase=str(st.get("phase") or "Pending"),
+        node=str(_dict(pod.get("spec")).get("nodeName") or ""),
+        ready=ready,
+        deleting=bool(meta.get("deletionTimestamp")),
+        delete_deadline=ts(meta.get("deletionTimestamp")),
+        exit_code=code,
+        reason=str(st.get("reason") or ""),
+    )
+
+
+def node_facts(node: Mapping[str, Any]) -> NodeFacts:
+    return NodeFacts(name=str(_dict(node.get("metadata")).get("name") or ""), ready=node_ready(node),
+                     unhealthy=has_taint(node, UNHEALTHY_TAINT))
+
+
+def read_report(cm: Mapping[str, Any] | None) -> LastCheckpoint | None:
+    """The workload's checkpoint report from its ConfigMap; None when absent or unreadable."""
+    data = _dict((cm or {}).get("data"))
+    if not data.get("step"):
+        return None
+    try:
+        return LastCheckpoint(step=int(data["step"]), path=str(data.get("path", "")),
+                              time=datetime.fromisoformat(str(data["time"]).replace("Z", "+00:00")))
+    except (ValueError, KeyError, TypeError, ValidationError):
+        return None
 
 
 @dataclass
 class Job:
-    """One TrainingJob as this pass sees it."""
+    """One TrainingJob as this pass sees it. `raw` is the cache's object: never mutated."""
 
     raw: dict[str, Any]
     spec: TrainingJobSpec | None
@@ -151,18 +212,42 @@ class Job:
 
     @property
     def generation(self) -> int | None:
-        value = self.raw["metadata"].get("generation")
-        return int(value) if value is not None else None
+        return _int(self.raw["metadata"].get("generation"))
 
     @property
     def attempt(self) -> int:
         return self.status.restarts
 
+    @property
+    def grace(self) -> int | None:
+        if self.spec is None:
+            return None
+        value = _dict(self.spec.template.wire().get("spec")).get("terminationGracePeriodSeconds")
+        return value if isinstance(value, int) and value >= 0 else None
+
+    def facts(self, report: LastCheckpoint | None = None) -> JobFacts:
+        meta = self.raw["metadata"]
+        return JobFacts(
+            key=self.key, spec=self.spec, status=self.status, generation=self.generation,
+            invalid=self.invalid, deleting=bool(meta.get("deletionTimestamp")),
+            finalizer=FINALIZER in (meta.get("finalizers") or []),
+            created=ts(meta.get("creationTimestamp")) or 0.0, grace=self.grace, report=report,
+        )
+
     def attempt_pods(self) -> list[dict[str, Any]]:
         return [p for p in self.pods if p["metadata"].get("labels", {}).get(ATTEMPT_LABEL) == str(self.attempt)]
 
-    def stale_pods(self) -> list[dict[str, Any]]:
-        return [p for p in self.pods if p["metadata"].get("labels", {}).get(ATTEMPT_LABEL) != str(self.attempt)]
+
+def parse_job(raw: dict[str, Any], pods: list[dict[str, Any]]) -> Job:
+    """Never raises: an unreadable spec makes an invalid job; unknown status fields are dropped
+    (never the placement beside them: that is the ledger)."""
+    status = lenient(TrainingJobStatus, raw.get("status"))
+    spec, invalid = None, ""
+    try:
+        spec = TrainingJobSpec.model_validate(raw.get("spec") or {})
+    except ValidationError as exc:
+        invalid = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+    return Job(raw, spec, status, invalid, pods)
 
 
 def job_request(job: Job, pool: GPUPoolSpec, resuming: bool, placed: bool = False) -> GangRequest:
@@ -222,19 +307,12 @@ def core_queues(queues: Mapping[str, tuple[TenantQueueSpec, dict[str, Any]]]) ->
     ) for name, (q, _) in queues.items()]
 
 
-def pod_exit_code(pod: Mapping[str, Any]) -> int | None:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated")
-        if term and term.get("exitCode"):
-            return int(term["exitCode"])
-    return None
-
-
-def pod_ready(pod: Mapping[str, Any]) -> bool:
-    st = pod.get("status") or {}
-    if st.get("phase") != "Running":
-        return False
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """(reason, message) for an error while handling one object, for a person to read."""
+    if isinstance(exc, ApiException):
+        return "ApiError", f"the API answered {exc.status} {exc.reason}"
+    text = str(exc) or type(exc).__name__
+    return "ReconcileError", f"{type(exc).__name__}: {text}"[:1024]
 
 
 @dataclass
@@ -247,15 +325,8 @@ class JobReconciler:
     clock: Callable[[], float] = time.time
     status_writer: Any = None  # StatusWriter for TenantQueue status
     mig_namespace: str = "default"  # where the mig-parted ConfigMap lives
-    # Status we wrote but the watch has not brought back yet: (version written against, status).
-    _assumed: dict[str, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
-    _queue_status: dict[str, dict[str, Any]] = field(default_factory=dict)
     # MIG changes we sent but the watch has not brought back: node -> (version, geometry).
     _mig_sent: dict[str, tuple[str | None, dict[int, Geometry]]] = field(default_factory=dict)
-    # Deletes already sent, so a pass does not repeat them while the watch catches up:
-    # pod uid -> when (sent again after DELETE_RESEND_SECONDS), and jobs whose objects are gone.
-    _pod_deletes: dict[str, float] = field(default_factory=dict)
-    _objects_released: set[str] = field(default_factory=set)
 
     # --- reading the cache ---------------------------------------------------------------
     def _jobs(self) -> list[Job]:
@@ -267,26 +338,7 @@ class JobReconciler:
         jobs = []
         for raw in self.cache.store("trainingjobs").values():
             meta = raw["metadata"]
-            key = f"{meta['namespace']}/{meta['name']}"
-            status_raw = raw.get("status") or {}
-            assumed = self._assumed.get(key)
-            if assumed is not None:
-                before, wrote = assumed
-                if meta.get("resourceVersion") == before:
-                    status_raw = wrote  # the watch has not caught up with our own write
-                else:
-                    del self._assumed[key]
-            try:
-                status = TrainingJobStatus.model_validate(status_raw)
-            except ValidationError:
-                status = TrainingJobStatus()
-            spec, invalid = None, ""
-            try:
-                spec = TrainingJobSpec.model_validate(raw.get("spec") or {})
-            except ValidationError as exc:
-                invalid = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
-            job = Job(raw, spec, status, invalid, pods_by_job.get((meta["namespace"], meta["name"]), []))
-            jobs.append(job)
+            jobs.append(parse_job(raw, pods_by_job.get((meta["namespace"], meta["name"]), [])))
         return sorted(jobs, key=lambda j: j.key)
 
     def _pools(self) -> dict[str, GPUPoolSpec]:
@@ -307,34 +359,71 @@ class JobReconciler:
                 continue
         return out
 
+    def _nodes_of(self, job: Job, nodes: Mapping[str, Mapping[str, Any]]) -> dict[str, NodeFacts]:
+        names = {p.node for p in job.status.placement}
+        names |= {str((p.get("spec") or {}).get("nodeName") or "") for p in job.pods}
+        return {n: node_facts(nodes[n]) for n in names if n and n in nodes}
+
     # --- writing -------------------------------------------------------------------------
     def _write(self, job: Job, status: TrainingJobStatus) -> bool:
+        """Patch status against the version we read; assume it until the watch shows it."""
         status.observed_generation = job.generation
         wire = status.wire()
-        old = job.status.wire()
-        if wire == old:
+        if wire == job.status.wire():
             return True
         try:
             new_version = self.io.patch_status(job.ns, job.name, job.version, wire)
         except Conflict as exc:
             log.info("status of %s not written (%s); next pass re-reads it", job.key, exc)
             return False
-        self._assumed[job.key] = (job.version, wire)
-        job.raw["metadata"]["resourceVersion"] = new_version
-        job.status = status
+        raw = {**job.raw, "metadata": {**job.raw["metadata"], "resourceVersion": new_version}, "status": wire}
+        self.cache.store("trainingjobs").assume(raw)
+        job.raw, job.status = raw, status
         return True
 
-    def _transition(
-        self, job: Job, status: TrainingJobStatus, phase: str, cond: str, cstatus: str,
-        reason: str, message: str, event: str | None = "Normal",
-    ) -> None:
-        now = to_dt(self.clock())
-        was = job.status.phase
-        status.phase = phase  # type: ignore[assignment]
-        changed = set_condition(status.conditions, cond, cstatus, reason, message,  # type: ignore[arg-type]
-                                job.generation, now)
-        if self._write(job, status) and event and (changed or was != phase):
-            self.events.record(job.raw, event, reason, message)
+    def _apply(self, job: Job, plan: lifecycle.Plan, pools: Mapping[str, GPUPoolSpec] | None = None) -> None:
+        """Carry out one plan: finalizer, deletes, status (then its events), objects, pods."""
+        meta = job.raw["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if plan.finalizer == "add":
+            self.io.set_finalizers(job.ns, job.name, job.version, [*finalizers, FINALIZER])
+        by_name = {p["metadata"]["name"]: p for p in job.pods}
+        for delete in plan.delete:
+            self._delete_pod(job, by_name.get(delete.name), delete)
+        if plan.release_objects:
+            role = f"{job.name}-checkpoint-writer"
+            self.io.delete_owned(job.ns, job.name, {
+                "Service": job.name, "ServiceAccount": service_account_name(job.name),
+                "ConfigMap": checkpoint_configmap_name(job.name), "Role": role, "RoleBinding": role,
+            })
+        if plan.finalizer == "remove":
+            self.io.set_finalizers(job.ns, job.name, job.version, [f for f in finalizers if f != FINALIZER])
+            return
+        if plan.status is not None and not self._write(job, plan.status):
+            return  # the job changed under us: the next pass decides again
+        for event in plan.events:
+            self.events.record(job.raw, event.type, event.reason, event.message)
+        if plan.restart is not None and job.spec is not None:
+            GANG_RESTARTS.labels(job.spec.pool, plan.restart.reason).inc()
+            LOST_WORK_SECONDS.labels(job.spec.pool).inc(plan.restart.lost_seconds)
+        if (plan.create or plan.bind) and pools is not None and job.spec is not None:
+            pool = pools.get(job.spec.pool)
+            if pool is not None:
+                self._materialize(job, pool, plan.create)
+
+    def _delete_pod(self, job: Job, pod: Mapping[str, Any] | None, delete: lifecycle.Delete) -> None:
+        if pod is None:
+            return
+        self.io.delete_pod(job.ns, delete.name, 0 if delete.force else delete.grace)
+        if delete.force:
+            log.warning("force-deleted pod %s/%s of %s: it cannot stop (node gone, NotReady or stuck)",
+                        job.ns, delete.name, job.key)
+            return
+        grace = delete.grace if delete.grace is not None else 30
+        when = datetime.fromtimestamp(self.clock() + grace, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        seen = {**pod, "metadata": {**pod["metadata"], "deletionTimestamp": when}}
+        # Assumed terminating until the watch shows any newer version of the pod.
+        self.cache.store("pods").assume(seen, upto=version_of(pod) + 1)
 
     # --- the pass ------------------------------------------------------------------------
     def reconcile_all(self) -> None:
@@ -343,241 +432,112 @@ class JobReconciler:
         pools = self._pools()
         queues = self._queues()
         nodes = {n["metadata"]["name"]: n for n in self.cache.store("nodes").values()}
+        configmaps = self.cache.store("configmaps")
         pending: dict[str, list[Job]] = {}
         for job in jobs:
             try:
-                if self._lifecycle(job, nodes, pools, now):
-                    pending.setdefault(job.spec.pool if job.spec else "", []).append(job)
+                report = read_report(configmaps.get(job.ns, checkpoint_configmap_name(job.name)))
+                plan = lifecycle.step(job.facts(report), [pod_facts(p) for p in job.pods],
+                                      self._nodes_of(job, nodes), now)
+                self._apply(job, plan, pools)
+                self._healed(job)
+                if plan.pending and job.spec is not None:
+                    pending.setdefault(job.spec.pool, []).append(job)
             except Conflict:
                 continue
-            except ApiException as exc:
-                # One job's trouble (say, its namespace is terminating) must not stall the rest.
-                RECONCILE_ERRORS.labels("trainingjob").inc()
-                log.warning("job %s: %s %s; retrying on the next pass", job.key, exc.status, exc.reason)
+            except Exception as exc:  # one job's trouble must never stall the others
+                self._isolate(job, exc)
+        by_key = {j.key: j for j in jobs}
         for pool_name, waiting in sorted(pending.items()):
             try:
-                self._schedule_pool(pool_name, pools.get(pool_name), waiting, jobs, queues, now)
-            except ApiException as exc:
-                RECONCILE_ERRORS.labels("trainingjob").inc()
-                log.warning("admission in pool %s: %s %s; retrying", pool_name, exc.status, exc.reason)
+                ready = self._nominations(waiting, by_key, nodes, now)
+                self._schedule_pool(pool_name, pools.get(pool_name), ready, jobs, queues, now)
+            except Exception as exc:
+                RECONCILE_ERRORS.labels("gpupool").inc()
+                log.exception("admission in pool %s failed; the other pools go on", pool_name)
+                pool_obj = self.cache.store("gpupools").get("", pool_name)
+                if pool_obj is not None:
+                    reason, message = describe_error(exc)
+                    self.events.record({**pool_obj, "apiVersion": "wanka.io/v1alpha1", "kind": "GPUPool"},
+                                       "Warning", reason, f"admission failed: {message}")
         self._queue_statuses(jobs, queues, pools)
-        self._forget_deletes(jobs)
 
-    def _forget_deletes(self, jobs: list[Job]) -> None:
-        """Drop memos of deletes for pods and jobs that are gone from the cache."""
-        if self._pod_deletes:
-            live = {str(p["metadata"].get("uid")) for p in self.cache.store("pods").values()}
-            self._pod_deletes = {uid: t for uid, t in self._pod_deletes.items() if uid in live}
-        if self._objects_released:
-            self._objects_released &= {str(j.raw["metadata"].get("uid")) for j in jobs}
-
-    def _lifecycle(
-        self, job: Job, nodes: Mapping[str, Mapping[str, Any]], pools: Mapping[str, GPUPoolSpec],
-        now: float,
-    ) -> bool:
-        """Advance one job; True when it waits for a placement this pass."""
-        meta = job.raw["metadata"]
-        finalizers = list(meta.get("finalizers") or [])
-        if meta.get("deletionTimestamp"):
-            self._release(job, grace=None)
-            if not job.pods and FINALIZER in finalizers:
-                self.io.set_finalizers(job.ns, job.name, job.version, [f for f in finalizers if f != FINALIZER])
-            return False
-        if FINALIZER not in finalizers:
-            self.io.set_finalizers(job.ns, job.name, job.version, [*finalizers, FINALIZER])
-            return False  # the watch brings the job back with its finalizer
-        status = job.status.model_copy(deep=True)
-        if job.spec is None:
-            self._transition(job, status, "Failed", "Failed", "True", "InvalidSpec", job.invalid, "Warning")
-            return False
-        if status.phase is None:
-            status.gpus = job.spec.replicas * job.spec.resources.gpu_milli / WHOLE
-            self._transition(job, status, "Queued", "Admitted", "False", "Queued",
-                             f"waiting in queue {job.spec.queue}")
-            return False
-        failed = find_condition(job.status.conditions, "Failed")
-        if job.status.phase == "Failed" and failed is not None and failed.reason == "InvalidSpec":
-            # The spec was fixed: a job that never ran gets its chance.
-            self._transition(job, status, "Queued", "Failed", "False", "SpecFixed",
-                             "the spec is valid again: back in the queue")
-            return False
-        self._mirror_checkpoint(job)
-        phase = job.status.phase
-        if phase in ("Succeeded", "Failed"):
-            if any((p.get("status") or {}).get("phase") not in ("Succeeded", "Failed") for p in job.pods):
-                self._delete_pods(job, job.pods, grace=self._grace(job))
-            return False
-        if job.spec.suspend:
-            self._release(job, grace=self._grace(job), keep_objects=True)
-            if phase != "Suspended":
-                status = job.status.model_copy(deep=True)
-                status.placement = []
-                status.replicas_ready = 0
-                self._transition(job, status, "Suspended", "Admitted", "False", "Suspended",
-                                 "spec.suspend is true: everything released")
-            return False
-        if phase == "Suspended":
-            status = job.status.model_copy(deep=True)
-            self._transition(job, status, "Queued", "Admitted", "False", "Resumed",
-                             "spec.suspend is false: back in the queue")
-            return False
-        if phase in ACTIVE:
-            self._run_gang(job, nodes, pools, now)
-            return False
-        # Queued or Restarting: old pods must be gone and the backoff over before re-placing.
-        if job.stale_pods() or job.attempt_pods():
-            self._delete_pods(job, job.pods, grace=self._grace(job))
-            return False
-        retry = ts(job.status.retry_after)
-        return not (retry is not None and retry > now)
-
-    def _grace(self, job: Job) -> int | None:
-        if job.spec is None:
-            return None
-        value = job.spec.template.wire()["spec"].get("terminationGracePeriodSeconds")
-        return int(value) if isinstance(value, int) else None
-
-    def _delete_pods(self, job: Job, pods: Iterable[Mapping[str, Any]], grace: int | None) -> None:
-        now = self.clock()
-        for pod in pods:
-            meta = pod["metadata"]
-            if meta.get("deletionTimestamp"):
-                continue
-            uid = str(meta.get("uid"))
-            sent = self._pod_deletes.get(uid)
-            if sent is not None and now - sent < DELETE_RESEND_SECONDS:
-                continue  # sent already; the watch has not shown it terminating yet
-            self.io.delete_pod(job.ns, meta["name"], grace)
-            self._pod_deletes[uid] = now
-
-    def _release(self, job: Job, grace: int | None, keep_objects: bool = False) -> None:
-        self._delete_pods(job, job.pods, grace)
-        uid = str(job.raw["metadata"].get("uid"))
-        if keep_objects or uid in self._objects_released:
-            return
-        cm = checkpoint_configmap_name(job.name)
-        role = f"{job.name}-checkpoint-writer"
-        self.io.delete_owned(job.ns, job.name, {
-            "Service": job.name, "ServiceAccount": service_account_name(job.name),
-            "ConfigMap": cm, "Role": role, "RoleBinding": role,
-        })
-        # Only a job being deleted gets here, and nothing recreates its objects after that.
-        self._objects_released.add(uid)
-
-    def _mirror_checkpoint(self, job: Job) -> None:
-        cm = self.cache.store("configmaps").get(job.ns, checkpoint_configmap_name(job.name))
-        data = (cm or {}).get("data") or {}
-        if not data.get("step"):
-            return
+    def _isolate(self, job: Job, exc: Exception) -> None:
+        """Record one job's failure on the job itself; never let it escape the pass."""
+        RECONCILE_ERRORS.labels("trainingjob").inc()
+        reason, message = describe_error(exc)
+        log.warning("job %s: %s (%s); the other jobs go on", job.key, message, reason,
+                    exc_info=not isinstance(exc, ApiException))
         try:
-            ckpt = LastCheckpoint(step=int(data["step"]), path=data.get("path", ""),
-                                  time=datetime.fromisoformat(data["time"].replace("Z", "+00:00")))
-        except (ValueError, KeyError, ValidationError):
-            self.events.record(job.raw, "Warning", "BadCheckpointReport",
-                               f"ignoring checkpoint report {dict(data)}")
+            st = job.status.model_copy(deep=True)
+            if set_condition(st.conditions, "Reconciled", "False", reason, message, job.generation,
+                             to_dt(self.clock())) and self._write(job, st):
+                self.events.record(job.raw, "Warning", reason, message)
+        except Exception:  # the API may be the trouble itself
+            log.debug("could not record the failure on %s", job.key, exc_info=True)
+
+    def _healed(self, job: Job) -> None:
+        """A job whose last pass failed and this one did not: clear the Reconciled condition."""
+        cond = next((c for c in job.status.conditions if c.type == "Reconciled"), None)
+        if cond is None or cond.status == "True":
             return
-        if job.status.last_checkpoint != ckpt:
-            status = job.status.model_copy(deep=True)
-            status.last_checkpoint = ckpt
-            self._write(job, status)
+        st = job.status.model_copy(deep=True)
+        set_condition(st.conditions, "Reconciled", "True", "Reconciled", "handled without error",
+                      job.generation, to_dt(self.clock()))
+        self._write(job, st)
+
+    def _nominations(
+        self, waiting: list[Job], by_key: Mapping[str, Job], nodes: Mapping[str, Mapping[str, Any]], now: float,
+    ) -> list[Job]:
+        """Preemptors wait for the victims they nominated instead of picking new ones; an
+        interruption lost to a crash between the nomination and the victim is sent again."""
+        ready = []
+        for job in waiting:
+            if not job.status.nominated_victims:
+                ready.append(job)
+                continue
+            victims: dict[str, VictimFacts | None] = {}
+            for key in job.status.nominated_victims:
+                victim = by_key.get(key)
+                if victim is None:
+                    victims[key] = None
+                    continue
+                nodes_of = self._nodes_of(victim, nodes)
+                holding = any(not p.terminal and not lifecycle.gone(p, nodes_of, now)
+                              for p in map(pod_facts, victim.pods))
+                victims[key] = VictimFacts(active=victim.status.phase in ACTIVE, holding=holding)
+            again, stopping = lifecycle.nomination(victims)
+            for key in again:
+                victim = by_key[key]
+                self._apply(victim, lifecycle.preempt(
+                    victim.facts(), [pod_facts(p) for p in victim.pods], self._nodes_of(victim, nodes), now,
+                    f"preempted by {job.key} (nominated earlier)"))
+            if stopping:
+                self._apply(job, lifecycle.wait(job.facts(), "Preempting",
+                                                f"waiting for {len(stopping)} preempted gang(s) to stop: "
+                                                f"{', '.join(stopping[:5])}", now))
+                continue
+            self._apply(job, lifecycle.wait(job.facts(), "Queued", "preempted gangs stopped; placing", now,
+                                            nominated=[]))
+            ready.append(job)
+        return ready
 
     # --- an admitted gang ----------------------------------------------------------------
-    def _run_gang(
-        self, job: Job, nodes: Mapping[str, Mapping[str, Any]], pools: Mapping[str, GPUPoolSpec],
-        now: float,
-    ) -> None:
-        assert job.spec is not None
-        spec, status = job.spec, job.status
-        # An elastic gang (gang.minAvailable < replicas) may have started smaller: this attempt
-        # is as big as its placement, until a restart places it again.
-        size = len(status.placement) or spec.replicas
-        pool = pools.get(spec.pool)
-        if job.stale_pods():
-            self._delete_pods(job, job.stale_pods(), self._grace(job))
-        pods = {int(p["metadata"]["labels"][REPLICA_LABEL]): p for p in job.attempt_pods()}
-        # Interruptions first: a failed member, a lost member, a member on a bad node.
-        bad_nodes, reasons = [], []
-        for placed in status.placement:
-            node = nodes.get(placed.node)
-            if node is None:
-                bad_nodes.append(placed.node)
-                reasons.append(f"node {placed.node} is gone")
-            elif has_taint(node, UNHEALTHY_TAINT):
-                bad_nodes.append(placed.node)
-                reasons.append(f"node {placed.node} is tainted unhealthy")
-            elif not node_ready(node):
-                bad_nodes.append(placed.node)
-                reasons.append(f"node {placed.node} is NotReady")
-        failed = {r: p for r, p in pods.items() if (p.get("status") or {}).get("phase") == "Failed"}
-        for replica, pod in sorted(failed.items()):
-            code = pod_exit_code(pod)
-            if code is not None and code in spec.restart_policy.no_retry_exit_codes:
-                self._fail(job, "NoRetryExitCode",
-                           f"replica {replica} exited with {code}, listed in noRetryExitCodes")
-                return
-            reason = (pod.get("status") or {}).get("reason") or "Failed"
-            reasons.append(f"replica {replica} {reason} (exit {code}) on {pod['spec'].get('nodeName')}")
-            if pod["spec"].get("nodeName"):
-                bad_nodes.append(pod["spec"]["nodeName"])
-        if status.phase == "Running":
-            for placed in status.placement:
-                member = pods.get(placed.replica)
-                if member is None or member["metadata"].get("deletionTimestamp"):
-                    reasons.append(f"replica {placed.replica} was deleted")
-        if reasons:
-            self._interrupt(job, "MemberFailed", "; ".join(reasons[:5]), bad_nodes, now,
-                            count_restart=True)
-            return
-        succeeded = [p for p in pods.values() if (p.get("status") or {}).get("phase") == "Succeeded"]
-        if len(succeeded) == size:
-            st = status.model_copy(deep=True)
-            st.completion_time = to_dt(now)
-            st.placement = []
-            st.replicas_ready = 0
-            self._transition(job, st, "Succeeded", "Succeeded", "True", "Completed",
-                             f"all {size} replicas succeeded")
-            return
-        # Carry the reservation out: create what is missing, then bind what is unbound.
-        if pool is not None:
-            self._materialize(job, pool, pods)
-        ready = sum(1 for p in pods.values() if pod_ready(p) or
-                    (p.get("status") or {}).get("phase") == "Succeeded")
-        st = status.model_copy(deep=True)
-        st.replicas_ready = ready
-        if ready == size and status.phase != "Running":
-            st.start_time = st.start_time or to_dt(now)
-            set_condition(st.conditions, "PodsReady", "True", "AllReplicasRunning",
-                          f"{ready}/{size} replicas running", job.generation, to_dt(now))
-            set_condition(st.conditions, "Restarting", "False", "Running", "gang running",
-                          job.generation, to_dt(now))
-            self._transition(job, st, "Running", "Admitted", "True", "Running",
-                             f"all {size} replicas running on "
-                             f"{len({p.node for p in st.placement})} nodes"
-                             + (f" (elastic start: {size} of {spec.replicas})" if size < spec.replicas else ""))
-            return
-        admitted = ts(status.admitted_time)
-        if status.phase == "Admitted" and admitted and now - admitted > spec.gang.schedule_timeout_seconds:
-            self._delete_pods(job, job.pods, self._grace(job))
-            st.placement, st.replicas_ready, st.admitted_time = [], 0, None
-            self._transition(job, st, "Queued", "Admitted", "False", "GangTimeout",
-                             f"only {ready}/{size} replicas running after "
-                             f"{spec.gang.schedule_timeout_seconds}s: released and requeued", "Warning")
-            return
-        if st.replicas_ready != status.replicas_ready:
-            self._write(job, st)
-
-    def _materialize(self, job: Job, pool: GPUPoolSpec, pods: dict[int, dict[str, Any]]) -> None:
+    def _materialize(self, job: Job, pool: GPUPoolSpec, missing: Iterable[int]) -> None:
+        """Create the members `missing`, then, once every member exists, bind them all."""
         assert job.spec is not None
         spec = job.spec
-        if not pods:
+        pods = {int(p["metadata"]["labels"][REPLICA_LABEL]): p for p in job.attempt_pods()
+                if str(p["metadata"]["labels"].get(REPLICA_LABEL, "")).isdigit()}
+        missing = [r for r in missing if r not in pods]
+        if missing and not pods:
             self.io.ensure(service_manifest(job.raw))
             for obj in checkpoint_objects(job.raw):
                 self.io.ensure(obj)
         mem = int((spec.resources.gpu_memory_gi_b or 0) * 1024)
-        created = False
-        for placed in job.status.placement:
-            if placed.replica in pods:
-                continue
+        placed_by_replica = {p.replica: p for p in job.status.placement}
+        for replica in missing:
+            placed = placed_by_replica[replica]
             devices = [(d, placed.gpu_milli or WHOLE) for d in placed.devices]
             resource = pool.accelerator.resource_name
             if spec.resources.mig_profile:
@@ -591,10 +551,18 @@ class JobReconciler:
                 notes = manifest["metadata"]["annotations"]
                 notes.pop(DEVICES_ANNOTATION, None)
                 notes[MIG_INSTANCE_ANNOTATION] = f"{placed.devices[0]}:{placed.mig_start}"
-            self.io.ensure(manifest)
-            pods[placed.replica] = manifest
-            created = True
-        if created and len(pods) < len(job.status.placement):
+            try:
+                created = self.io.ensure(manifest)
+            except ApiException as exc:
+                if exc.status not in REFUSALS:
+                    raise
+                message = f"the API refused pod {manifest['metadata']['name']}: {exc.status} {api_message(exc)}"
+                self._apply(job, lifecycle.refused(job.facts(), message, self.clock()))
+                return
+            if created is not None:
+                self.cache.store("pods").assume(created, created=True)
+            pods[placed.replica] = created or manifest
+        if len(pods) < len(job.status.placement):
             return
         # Every member exists: bind them all (only now, so no pod runs before its gang).
         for placed in job.status.placement:
@@ -604,66 +572,26 @@ class JobReconciler:
             problem = self.io.bind(job.ns, pod["metadata"]["name"], placed.node)
             if problem is not None:
                 BINDS.labels("failed").inc()
-                self._rollback(job, problem)
+                self._apply(job, lifecycle.bind_failed(job.facts(), [pod_facts(p) for p in job.pods],
+                                                       self.clock(), problem))
                 return
+            if version_of(pod):
+                bound = {**pod, "spec": {**pod["spec"], "nodeName": placed.node}}
+                self.cache.store("pods").assume(bound, upto=version_of(pod) + 1)
             BINDS.labels("bound").inc()
             failpoints.hit("after-bind")
 
-    def _rollback(self, job: Job, problem: str) -> None:
-        self._delete_pods(job, job.pods, grace=0)
-        st = job.status.model_copy(deep=True)
-        st.placement, st.replicas_ready, st.admitted_time = [], 0, None
-        self._transition(job, st, "Queued", "Admitted", "False", "BindFailed",
-                         f"{problem}; the whole gang was rolled back and requeued", "Warning")
 
-    def _fail(self, job: Job, reason: str, message: str) -> None:
-        self._delete_pods(job, [p for p in job.pods if (p.get("status") or {}).get("phase")
-                                not in ("Succeeded", "Failed")], self._grace(job))
-        st = job.status.model_copy(deep=True)
-        st.placement, st.replicas_ready = [], 0
-        st.completion_time = to_dt(self.clock())
-        self._transition(job, st, "Failed", "Failed", "True", reason, message, "Warning")
-
-    def _interrupt(
-        self, job: Job, reason: str, message: str, bad_nodes: list[str], now: float,
-        count_restart: bool,
+    def _transition(
+        self, job: Job, status: TrainingJobStatus, phase: str, cond: str, cstatus: str,
+        reason: str, message: str, event: str | None = "Normal",
     ) -> None:
-        """Stop the whole gang, requeue it at the front, avoiding the nodes that failed it."""
-        assert job.spec is not None
-        policy = job.spec.restart_policy
-        st = job.status.model_copy(deep=True)
-        failures = st.restarts - st.preemptions
-        if count_restart and failures >= policy.max_restarts:
-            self._fail(job, "RestartLimitExceeded",
-                       f"{message}; {failures} restarts after failures reached "
-                       f"maxRestarts={policy.max_restarts}")
-            return
-        self._delete_pods(job, job.pods, self._grace(job))
-        pods_ready = find_condition(st.conditions, "PodsReady")
-        attempt_start = (pods_ready.last_transition_time.timestamp()
-                         if pods_ready and pods_ready.status == "True" else None)
-        ckpt = st.last_checkpoint.time.timestamp() if st.last_checkpoint else None
-        since = max(x for x in (attempt_start, ckpt, 0.0) if x is not None)
-        lost = max(0.0, now - since) if attempt_start is not None else 0.0
-        st.lost_seconds = round(st.lost_seconds + lost, 1)
-        st.restarts += 1
-        if not count_restart:
-            st.preemptions += 1
-        st.excluded_nodes = sorted(set(st.excluded_nodes) | set(bad_nodes))[-1024:]
-        st.placement, st.replicas_ready, st.admitted_time = [], 0, None
-        wait = backoff_seconds(st.restarts, policy.backoff_seconds, policy.max_backoff_seconds)
-        st.retry_after = to_dt(now + wait) if wait else None
-        set_condition(st.conditions, "PodsReady", "False", reason, message, job.generation, to_dt(now))
-        cond = "Preempted" if reason == "Preempted" else "Restarting"
-        if cond == "Preempted":
-            set_condition(st.conditions, "Restarting", "True", reason, message, job.generation, to_dt(now))
-        GANG_RESTARTS.labels(job.spec.pool, reason).inc()
-        LOST_WORK_SECONDS.labels(job.spec.pool).inc(lost)
-        self._transition(job, st, "Restarting", cond, "True", reason,
-                         f"{message}; restart {st.restarts} from the last checkpoint"
-                         + (f" in {wait}s" if wait else "")
-                         + (f", avoiding {', '.join(sorted(set(bad_nodes)))}" if bad_nodes else ""),
-                         "Warning")
+        was = job.status.phase
+        status.phase = phase  # type: ignore[assignment]
+        changed = set_condition(status.conditions, cond, cstatus, reason, message,  # type: ignore[arg-type]
+                                job.generation, to_dt(self.clock()))
+        if self._write(job, status) and event and (changed or was != phase):
+            self.events.record(job.raw, event, reason, message)
 
     # --- admission -----------------------------------------------------------------------
     def _schedule_pool(
@@ -680,14 +608,17 @@ class JobReconciler:
         requests: list[GangRequest] = []
         for job in waiting:
             assert job.spec is not None
-            why = self._unservable(job, pool_name, pool, queues)
-            if why:
-                self._wait(job, why[0], why[1])
-                continue
             try:
-                requests.append(job_request(job, pool, resuming=job.status.restarts > 0))
-            except InvalidRequest as exc:
-                self._wait(job, "InvalidRequest", str(exc))
+                why = self._unservable(job, pool_name, pool, queues)
+                if why:
+                    self._wait(job, why[0], why[1])
+                    continue
+                try:
+                    requests.append(job_request(job, pool, resuming=job.status.restarts > 0))
+                except InvalidRequest as exc:
+                    self._wait(job, "InvalidRequest", str(exc))
+            except Exception as exc:  # this job's trouble only
+                self._isolate(job, exc)
         active = [j for j in jobs if j.spec is not None and j.spec.pool == pool_name
                   and j.status.phase in ACTIVE]
         ledger = [a for j in active for a in reservations(j)]
@@ -706,23 +637,42 @@ class JobReconciler:
                           config=SchedulerConfig(slice_policy=shares))
         SCHEDULE_SECONDS.labels(pool_name).observe(time.perf_counter() - started)
         by_key = {j.key: j for j in jobs}
+        victims: dict[str, list[Preempt]] = {}
+        for decision in result.decisions:
+            if isinstance(decision, Preempt):
+                victims.setdefault(decision.preemptor, []).append(decision)
+        # A preemptor records its victims before any of them is stopped: a crash in between
+        # leaves a nomination the next pass carries out, never victims without a preemptor.
+        nominated: set[str] = set()
         for decision in result.decisions:
             target = by_key.get(decision.owner)
-            if target is None:
+            if target is None or isinstance(decision, Preempt):
                 continue
             try:
-                self._apply_decision(target, decision, now)
-            except (Conflict, ApiException) as exc:
-                log.warning("decision for %s not applied: %s", target.key, exc)
+                self._apply_decision(target, decision, now, [v.owner for v in victims.get(decision.owner, [])])
+                if isinstance(decision, Wait) and decision.owner in victims:
+                    nominated.add(decision.owner)
+            except Exception as exc:  # this job's trouble only
+                self._isolate(target, exc)
+        nodes = {n["metadata"]["name"]: n for n in self.cache.store("nodes").values()}
+        for preemptor in sorted(nominated):
+            for decision in victims[preemptor]:
+                victim = by_key.get(decision.owner)
+                if victim is None:
+                    continue
+                try:
+                    self._apply(victim, lifecycle.preempt(
+                        victim.facts(), [pod_facts(p) for p in victim.pods], self._nodes_of(victim, nodes),
+                        now, f"preempted by {decision.preemptor}: {decision.reason}"))
+                except Exception as exc:
+                    self._isolate(victim, exc)
 
-    def _apply_decision(self, job: Job, decision: Admit | Preempt | Wait, now: float) -> None:
+    def _apply_decision(self, job: Job, decision: Admit | Preempt | Wait, now: float,
+                        victims: list[str]) -> None:
         if isinstance(decision, Admit):
             self._admit(job, decision, now)
-        elif isinstance(decision, Preempt):
-            self._interrupt(job, "Preempted", f"preempted by {decision.preemptor}: {decision.reason}",
-                            [], now, count_restart=False)
-        else:
-            self._wait(job, decision.cause, decision.reason)
+        elif isinstance(decision, Wait):
+            self._wait(job, decision.cause, decision.reason, victims if decision.cause == "Preempting" else None)
 
     def _schedule_mig(
         self, pool_name: str, pool: GPUPoolSpec, waiting: list[Job], jobs: list[Job],
@@ -869,6 +819,13 @@ class JobReconciler:
         ns_labels = (self.cache.store("namespaces").get("", job.ns) or {}).get("metadata", {}).get("labels") or {}
         if job.ns not in q.namespaces and not (q.namespace_selector and q.namespace_selector.matches(ns_labels)):
             return "NoQueue", f"TenantQueue {spec.queue} does not admit namespace {job.ns}"
+        try:
+            pod_manifest(job.raw, spec, 0, job.attempt, [], pool.accelerator.resource_name, pool.sharing.mode)
+        except Exception as exc:  # a tenant's template may be any shape the schema lets through
+            return "InvalidTemplate", f"the pod template cannot make a pod: {type(exc).__name__}: {exc}"[:1024]
+        if not any(x.pool == pool_name for x in q.quotas):
+            pools = ", ".join(sorted(x.pool for x in q.quotas)) or "none"
+            return "NoQuota", f"TenantQueue {spec.queue} has no quota on pool {pool_name} (its pools: {pools})"
         if spec.topology and spec.topology.level not in pool.topology.levels:
             return ("InvalidTopology", f"topology level {spec.topology.level} is not one of pool "
                     f"{pool_name}'s levels {pool.topology.levels}")
@@ -885,12 +842,14 @@ class JobReconciler:
                     f"{', '.join(pool.sharing.mig_profiles)}, not {res.mig_profile}")
         return None
 
-    def _wait(self, job: Job, cause: str, reason: str) -> None:
-        st = job.status.model_copy(deep=True)
-        phase = "Restarting" if st.phase == "Restarting" else "Queued"
-        self._transition(job, st, phase, "Admitted", "False", cause, reason,
-                         "Warning" if cause in ("NoQueue", "NoPool", "InvalidTopology",
-                                                "SharingMismatch", "InvalidRequest") else "Normal")
+    def _wait(self, job: Job, cause: str, reason: str, nominated: list[str] | None = None) -> None:
+        plan = lifecycle.wait(job.facts(), cause, reason, self.clock(), nominated)
+        if nominated and plan.status is not None and plan.status.nominated_victims != job.status.nominated_victims:
+            self._apply(job, plan)
+            if job.status.nominated_victims != sorted(nominated):
+                raise Conflict(f"{job.key}: nomination not recorded")
+            return
+        self._apply(job, plan)
 
     def _admit(self, job: Job, decision: Admit, now: float) -> None:
         """Record the reservation (the ledger) before creating anything."""
@@ -906,6 +865,7 @@ class JobReconciler:
         ]
         st.admitted_time = to_dt(now)
         st.retry_after = None
+        st.nominated_victims = []
         created = ts(job.raw["metadata"].get("creationTimestamp"))
         if created:
             GANG_WAIT_SECONDS.labels(job.spec.pool, job.spec.queue).observe(max(0.0, now - created))
@@ -927,27 +887,45 @@ class JobReconciler:
         if self.status_writer is None:
             return
         for name, (_, raw) in queues.items():
-            mine = [j for j in jobs if j.spec is not None and j.spec.queue == name]
-            usage: dict[str, float] = {}
-            for j in mine:
-                if j.status.phase in ACTIVE and j.spec is not None:
-                    size = len(j.status.placement) or j.spec.replicas  # an elastic gang may run smaller
-                    share = size * j.spec.resources.gpu_milli / WHOLE
-                    usage[j.spec.pool] = usage.get(j.spec.pool, 0) + share
-            conditions: list[Condition] = []
-            prev = raw.get("status") or {}
-            for c in prev.get("conditions") or []:
-                try:
-                    conditions.append(Condition.model_validate(c))
-                except ValidationError:
-                    pass
-            status = {
-                "observedGeneration": raw["metadata"].get("generation"),
-                "usage": [{"pool": p, "gpus": round(g, 3)} for p, g in sorted(usage.items())],
-                "running": sum(1 for j in mine if j.status.phase in ACTIVE),
-                "pending": sum(1 for j in mine if j.status.phase in ("Queued", "Restarting")),
-                "conditions": [c.wire() for c in conditions],
-            }
-            if (prev != status and self._queue_status.get(name) != status
-                    and self.status_writer.patch_status("tenantqueues", "", name, status)):
-                self._queue_status[name] = status
+            try:
+                mine = [j for j in jobs if j.spec is not None and j.spec.queue == name]
+                usage: dict[str, float] = {}
+                for j in mine:
+                    if j.status.phase in ACTIVE and j.spec is not None:
+                        size = len(j.status.placement) or j.spec.replicas  # an elastic gang may run smaller
+                        share = size * j.spec.resources.gpu_milli / WHOLE
+                        usage[j.spec.pool] = usage.get(j.spec.pool, 0) + share
+                conditions: list[Condition] = []
+                prev = raw.get("status") or {}
+                for c in prev.get("conditions") or []:
+                    try:
+                        conditions.append(Condition.model_validate(c))
+                    except ValidationError:
+                        pass
+                status = {
+                    "observedGeneration": raw["metadata"].get("generation"),
+                    "usage": [{"pool": p, "gpus": round(g, 3)} for p, g in sorted(usage.items())],
+                    "running": sum(1 for j in mine if j.status.phase in ACTIVE),
+                    "pending": sum(1 for j in mine if j.status.phase in ("Queued", "Restarting")),
+                    "conditions": [c.wire() for c in conditions],
+                }
+                if prev != status and self.status_writer.patch_status("tenantqueues", "", name, status):
+                    # Assumed until the watch shows the queue again, so a lagging watch is not a rewrite.
+                    self.cache.store("tenantqueues").assume({**raw, "status": status}, upto=version_of(raw) + 1)
+
+            except Exception as exc:  # one queue's trouble only
+                RECONCILE_ERRORS.labels("tenantqueue").inc()
+                log.exception("status of TenantQueue %s not written; the others go on", name)
+                reason, message = describe_error(exc)
+                self.events.record({**raw, "apiVersion": "wanka.io/v1alpha1", "kind": "TenantQueue"},
+                                   "Warning", reason, message)
+
+def api_message(exc: ApiException) -> str:
+    """The message of the Status the API answered with, else its reason phrase."""
+    import json
+
+    try:
+        body = json.loads(exc.body or "{}")
+    except (ValueError, TypeError):
+        body = {}
+    return str(body.get("message") or exc.reason or "")

@@ -12,11 +12,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from wanka.api.common import lenient
 from wanka.api.trainingjob import ReplicaPlacement, TrainingJobSpec, TrainingJobStatus
 from wanka.cluster.translate import pod_requests
+from wanka.core.lifecycle import ACTIVE
 from wanka.core.snapshot import Allocation, DeviceShare
-
-ACTIVE = ("Admitted", "Running")  # phases that hold a reservation
 
 
 def ledger_allocations(
@@ -54,7 +54,7 @@ def raw_ledger(job: Mapping[str, Any]) -> list[Allocation]:
     meta = job.get("metadata") or {}
     try:
         spec = TrainingJobSpec.model_validate(job.get("spec") or {})
-        status = TrainingJobStatus.model_validate(status_raw)
     except ValidationError:
         return []
+    status = lenient(TrainingJobStatus, status_raw)  # unknown fields never cost the placement
     return ledger_allocations(f"{meta.get('namespace')}/{meta.get('name')}", spec, status.placement)

@@ -28,6 +28,7 @@ from wanka.core.accounting import PoolSummary, summarize
 from wanka.core.fragmentation import Shape, snapshot_stranded
 from wanka.core.health import PoolCondition
 from wanka.core.snapshot import WHOLE, Allocation
+from wanka.metrics import RECONCILE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +163,14 @@ class PoolReconciler:
         for pool in self.cache.store("gpupools").values():
             try:
                 self.reconcile(pool, nodes, pods, ledger.get(pool.get("metadata", {}).get("name"), []))
-            except Exception:  # one broken pool must not stop the others
+            except Exception as exc:  # one broken pool must not stop the others
+                RECONCILE_ERRORS.labels("gpupool").inc()
                 log.exception("reconciling pool %s failed", pool.get("metadata", {}).get("name"))
+                try:
+                    self.events.record({**pool, "apiVersion": "wanka.io/v1alpha1", "kind": "GPUPool"}, "Warning",
+                                       "ReconcileError", f"{type(exc).__name__}: {exc}"[:1024])
+                except Exception:
+                    log.debug("could not record the failure on the pool", exc_info=True)
 
     def reconcile(self, pool: Mapping[str, Any], nodes: list[dict[str, Any]], pods: list[dict[str, Any]],
                   ledger: Iterable[Allocation] = ()) -> None:

@@ -42,24 +42,33 @@ def pod_requests(pod: Mapping[str, Any], resource: str) -> tuple[int, int, int]:
     Follows the scheduler's rule: the larger of the sum over containers and the largest init
     container; an extended resource's request defaults to its limit.
     """
-    spec = pod.get("spec") or {}
+    spec = _mapping(pod.get("spec"))
 
-    def one(c: Mapping[str, Any]) -> tuple[Decimal, Decimal, Decimal]:
-        res = c.get("resources") or {}
-        req = res.get("requests") or {}
-        lim = res.get("limits") or {}
+    def one(c: Any) -> tuple[Decimal, Decimal, Decimal]:
+        # A tenant's template may hold anything here: what is not a mapping asks for nothing.
+        res = _mapping(_mapping(c).get("resources"))
+        req = _mapping(res.get("requests"))
+        lim = _mapping(res.get("limits"))
         return (
             quantity(req.get("cpu")),
             quantity(req.get("memory")),
             quantity(req.get(resource, lim.get(resource))),
         )
 
-    main = [one(c) for c in spec.get("containers") or []]
-    init = [one(c) for c in spec.get("initContainers") or []]
+    main = [one(c) for c in _items(spec.get("containers"))]
+    init = [one(c) for c in _items(spec.get("initContainers"))]
     sums = [sum((m[i] for m in main), Decimal(0)) for i in range(3)]
     peaks = [max((m[i] for m in init), default=Decimal(0)) for i in range(3)]
     cpu, mem, gpu = (max(s, p) for s, p in zip(sums, peaks, strict=True))
     return int(cpu * 1000), int(mem / (1 << 20)), int(gpu)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
@@ -139,7 +148,7 @@ def build_node(node: Mapping[str, Any], spec: GPUPoolSpec, levels: tuple[str, ..
             index=i,
             model=model,
             memory_mib=memory_mib,
-            healthy=bool((device_health.get(str(i)) or {}).get("healthy", True)) and i not in out,
+            healthy=bool(_mapping(device_health.get(str(i))).get("healthy", True)) and i not in out,
         )
         for i in range(count)
     ]

@@ -1,0 +1,106 @@
+"""The cache assumes what the operator wrote until the watch shows it, never mutates what it
+holds, and (as a failpoint) can deliver watch events late."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+from tests.objects import make_training_job
+from wanka.cluster.cache import ASSUME_SECONDS, FleetCache
+from wanka.cluster.jobs import JobReconciler
+
+
+def with_version(body: dict[str, Any], version: int, **status: Any) -> dict[str, Any]:
+    out = copy.deepcopy(body)
+    out["metadata"]["resourceVersion"] = str(version)
+    out["status"] = {**out.get("status", {}), **status}
+    return out
+
+
+def test_an_assumed_write_wins_over_older_watch_events_until_the_watch_catches_up() -> None:
+    mono = [0.0]
+    cache = FleetCache(clock=lambda: mono[0])
+    store = cache.store("trainingjobs")
+    base = make_training_job("j").queued().obj()
+    cache.observe("trainingjobs", "ADDED", with_version(base, 5))
+    store.assume(with_version(base, 7, phase="Admitted"))
+    assert store.get("ns", "j")["status"]["phase"] == "Admitted"  # type: ignore[index]
+    cache.observe("trainingjobs", "MODIFIED", with_version(base, 6, phase="Queued"))  # a lagging event
+    assert store.get("ns", "j")["status"]["phase"] == "Admitted"  # type: ignore[index]
+    assert [o["status"]["phase"] for o in store.values()] == ["Admitted"]
+    cache.observe("trainingjobs", "MODIFIED", with_version(base, 8, phase="Running"))
+    assert store.get("ns", "j")["status"]["phase"] == "Running"  # type: ignore[index]
+    assert not store.assumed
+
+
+def test_an_assumption_the_watch_never_confirms_is_forgotten_after_a_bound() -> None:
+    mono = [0.0]
+    cache = FleetCache(clock=lambda: mono[0])
+    store = cache.store("pods")
+    pod = {"metadata": {"name": "p", "namespace": "ns", "resourceVersion": "3"}}
+    cache.observe("pods", "ADDED", pod)
+    store.assume({**pod, "metadata": {**pod["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}, upto=4)
+    assert store.get("ns", "p")["metadata"].get("deletionTimestamp")  # type: ignore[index]
+    mono[0] += ASSUME_SECONDS + 1
+    assert "deletionTimestamp" not in store.get("ns", "p")["metadata"]  # type: ignore[index]
+
+
+def test_created_objects_survive_a_relist_that_predates_them_but_changes_do_not() -> None:
+    cache = FleetCache()
+    pods = cache.store("pods")
+    pods.assume({"metadata": {"name": "new", "namespace": "ns", "resourceVersion": "9"}}, created=True)
+    pods.assume({"metadata": {"name": "old", "namespace": "ns", "resourceVersion": "2"}}, upto=3)
+    cache.replace("pods", [])
+    assert pods.get("ns", "new") is not None
+    assert pods.get("ns", "old") is None
+    cache.observe("pods", "DELETED", {"metadata": {"name": "new", "namespace": "ns"}})
+    assert pods.get("ns", "new") is None
+
+
+class VersionedIO:
+    """Stands in for JobIO: every status patch succeeds with the next version."""
+
+    def __init__(self) -> None:
+        self.version = 100
+        self.patches: list[dict[str, Any]] = []
+
+    def patch_status(self, ns: str, name: str, version: str | None, status: dict[str, Any]) -> str:
+        self.patches.append(status)
+        self.version += 1
+        return str(self.version)
+
+
+class Events:
+    def record(self, obj: Any, type_: Any, reason: str, message: str) -> None:
+        pass
+
+
+def test_a_pass_never_mutates_cached_objects_and_does_not_rewrite_its_own_status() -> None:
+    cache = FleetCache()
+    body = make_training_job("j").obj()  # no status yet: the pass queues it
+    cache.observe("trainingjobs", "ADDED", body)
+    watched = copy.deepcopy(cache.store("trainingjobs").objects[("ns", "j")])
+    io = VersionedIO()
+    loop = JobReconciler(cache, io, Events(), clock=lambda: 5000.0)  # type: ignore[arg-type]
+    loop.reconcile_all()
+    assert [p["phase"] for p in io.patches] == ["Queued"]
+    assert cache.store("trainingjobs").objects[("ns", "j")] == watched, "the watched object was changed"
+    loop.reconcile_all()  # the watch lags: the pass decides on its own write (Queued)...
+    assert io.patches[1]["conditions"][0]["reason"] == "NoPool"
+    loop.reconcile_all()  # ...and does not write the same again
+    loop.reconcile_all()
+    assert len(io.patches) == 2
+
+
+def test_a_lagging_watch_delivers_events_late_and_in_order() -> None:
+    cache = FleetCache(lag_seconds=0.3)
+    for i in range(3):
+        cache.observe("nodes", "ADDED", {"metadata": {"name": "n", "resourceVersion": str(i)}})
+    assert cache.store("nodes").get("", "n") is None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and cache.store("nodes").get("", "n") is None:
+        time.sleep(0.05)
+    time.sleep(0.1)  # let the later events of the same batch land
+    assert cache.store("nodes").get("", "n")["metadata"]["resourceVersion"] == "2"  # type: ignore[index]
