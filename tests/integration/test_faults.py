@@ -157,3 +157,17 @@ def test_refused_pods_surface_release_and_back_off(
     make_job(cluster, namespace, fleet, "takes-it", replicas=1, gpus=8)
     wait_running(cluster, namespace, "takes-it", 20)
     assert not live_pods(cluster, namespace, "refused")
+
+
+def test_a_queue_naming_a_missing_pool_says_so(cluster: Cluster, namespace: str, operator: OperatorProcess) -> None:
+    name = f"missing-{uuid.uuid4().hex[:6]}"
+    cluster.create("tenantqueues", {"apiVersion": "wanka.io/v1alpha1", "kind": "TenantQueue",
+                                    "metadata": {"name": name},
+                                    "spec": {"namespaces": [namespace], "quotas": [{"pool": "nowhere", "gpus": 8}]}})
+
+    def ready() -> dict[str, Any] | None:
+        conds = (cluster.get("tenantqueues", name).get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == "Ready"), None)
+
+    cond = wait_for(ready, 15, what="queue Ready condition")
+    assert cond["status"] == "False" and cond["reason"] == "PoolNotFound" and "nowhere" in cond["message"]

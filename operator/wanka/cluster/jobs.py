@@ -886,7 +886,7 @@ class JobReconciler:
     ) -> None:
         if self.status_writer is None:
             return
-        for name, (_, raw) in queues.items():
+        for name, (spec, raw) in queues.items():
             try:
                 mine = [j for j in jobs if j.spec is not None and j.spec.queue == name]
                 usage: dict[str, float] = {}
@@ -902,6 +902,15 @@ class JobReconciler:
                         conditions.append(Condition.model_validate(c))
                     except ValidationError:
                         pass
+                missing = sorted({q.pool for q in spec.quotas} - set(pools))
+                generation = _int(raw["metadata"].get("generation"))
+                if missing:
+                    set_condition(conditions, "Ready", "False", "PoolNotFound",
+                                  f"quotas name pools that do not exist: {', '.join(missing[:5])}; jobs for "
+                                  "them wait with NoPool", generation, to_dt(self.clock()))
+                else:
+                    set_condition(conditions, "Ready", "True", "Ready",
+                                  f"{len(spec.quotas)} quota(s), every pool exists", generation, to_dt(self.clock()))
                 status = {
                     "observedGeneration": raw["metadata"].get("generation"),
                     "usage": [{"pool": p, "gpus": round(g, 3)} for p, g in sorted(usage.items())],
@@ -919,6 +928,7 @@ class JobReconciler:
                 reason, message = describe_error(exc)
                 self.events.record({**raw, "apiVersion": "wanka.io/v1alpha1", "kind": "TenantQueue"},
                                    "Warning", reason, message)
+
 
 def api_message(exc: ApiException) -> str:
     """The message of the Status the API answered with, else its reason phrase."""
