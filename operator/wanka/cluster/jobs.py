@@ -464,6 +464,9 @@ class JobReconciler:
 
     def _isolate(self, job: Job, exc: Exception) -> None:
         """Record one job's failure on the job itself; never let it escape the pass."""
+        if isinstance(exc, Conflict):
+            log.info("job %s changed under us (%s); the next pass decides again", job.key, exc)
+            return
         RECONCILE_ERRORS.labels("trainingjob").inc()
         reason, message = describe_error(exc)
         log.warning("job %s: %s (%s); the other jobs go on", job.key, message, reason,
@@ -820,7 +823,8 @@ class JobReconciler:
         if job.ns not in q.namespaces and not (q.namespace_selector and q.namespace_selector.matches(ns_labels)):
             return "NoQueue", f"TenantQueue {spec.queue} does not admit namespace {job.ns}"
         try:
-            pod_manifest(job.raw, spec, 0, job.attempt, [], pool.accelerator.resource_name, pool.sharing.mode)
+            devices = [(i, WHOLE) for i in range(spec.resources.gpus or 0)] or [(0, spec.resources.gpu_milli)]
+            pod_manifest(job.raw, spec, 0, job.attempt, devices, pool.accelerator.resource_name, pool.sharing.mode)
         except Exception as exc:  # a tenant's template may be any shape the schema lets through
             return "InvalidTemplate", f"the pod template cannot make a pod: {type(exc).__name__}: {exc}"[:1024]
         if not any(x.pool == pool_name for x in q.quotas):
