@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from wanka.cluster.cache import FleetCache
+from wanka.cluster.fence import Fence, check
 from wanka.cluster.pools import parse_spec
 from wanka.cluster.translate import labels
 from wanka.core.health import (
@@ -54,10 +55,12 @@ class ApiNodePatcher:
     is why the view must be fresh.
     """
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, fence: Fence | None = None) -> None:
         self.core = client.CoreV1Api(api)
+        self.fence = fence
 
     def patch_node(self, name: str, body: Mapping[str, Any]) -> None:
+        check(self.fence, f"patch node {name}")
         self.core.patch_node(name, dict(body))
 
 
