@@ -143,6 +143,7 @@ async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     health, jobs, pools = reconcilers()
     if RUNTIME.lease is not None:
         RUNTIME.elector = LeaseElector(ApiLeaseStore(api), *RUNTIME.lease)
+        log.info("leader election on lease %s/%s as %s", *RUNTIME.lease, RUNTIME.elector.identity)
         RUNTIME.tasks.append(asyncio.create_task(_elect(RUNTIME.elector)))
 
     def fleet_pass() -> None:
