@@ -54,15 +54,31 @@ SCHEDULE_SECONDS = Histogram(
     ["pool"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1),
 )
+LEADER_ELECTION_ERRORS = Counter(
+    "wanka_leader_election_errors_total",
+    "Leader election attempts that failed with an error (the next attempt follows)",
+)
+
+
+def _always() -> bool:
+    return True
 
 
 class PoolCollector(Collector):
-    """Pool gauges read at scrape time from the latest summaries (no stale series)."""
+    """Pool gauges read at scrape time from the latest summaries (no stale series), and only
+    on the leader: a standby's summaries are whatever it saw when it last led."""
 
-    def __init__(self, source: Callable[[], Mapping[str, PoolSummary]]) -> None:
+    def __init__(self, source: Callable[[], Mapping[str, PoolSummary]],
+                 leader: Callable[[], bool] = _always) -> None:
         self.source = source
+        self.leader = leader
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        leading = self.leader()
+        yield GaugeMetricFamily("wanka_leader", "1 when this replica acts (holds the lease or runs alone)",
+                                value=1.0 if leading else 0.0)
+        if not leading:
+            return
         pools = self.source()
         gpus = GaugeMetricFamily("wanka_pool_gpus", "GPUs of a pool by state", labels=["pool", "state"])
         nodes = GaugeMetricFamily("wanka_pool_nodes", "Nodes of a pool by health", labels=["pool", "health"])
@@ -89,8 +105,9 @@ class PoolCollector(Collector):
 
 
 def register_pool_collector(
-    source: Callable[[], Mapping[str, PoolSummary]], registry: CollectorRegistry = REGISTRY
+    source: Callable[[], Mapping[str, PoolSummary]], registry: CollectorRegistry = REGISTRY,
+    leader: Callable[[], bool] = _always,
 ) -> PoolCollector:
-    collector = PoolCollector(source)
+    collector = PoolCollector(source, leader)
     registry.register(collector)
     return collector

@@ -39,6 +39,7 @@ from wanka.api.trainingjob import (
 )
 from wanka.cluster.cache import FleetCache
 from wanka.cluster.cache import version as version_of
+from wanka.cluster.fence import NotLeader
 from wanka.cluster.jobio import FINALIZER, Conflict, JobIO
 from wanka.cluster.ledger import ledger_allocations
 from wanka.cluster.manifests import (
@@ -445,6 +446,8 @@ class JobReconciler:
                     pending.setdefault(job.spec.pool, []).append(job)
             except Conflict:
                 continue
+            except NotLeader:
+                raise  # this replica must stop writing altogether
             except Exception as exc:  # one job's trouble must never stall the others
                 self._isolate(job, exc)
         by_key = {j.key: j for j in jobs}
@@ -452,6 +455,8 @@ class JobReconciler:
             try:
                 ready = self._nominations(waiting, by_key, nodes, now)
                 self._schedule_pool(pool_name, pools.get(pool_name), ready, jobs, queues, now)
+            except NotLeader:
+                raise  # this replica must stop writing altogether
             except Exception as exc:
                 RECONCILE_ERRORS.labels("gpupool").inc()
                 log.exception("admission in pool %s failed; the other pools go on", pool_name)
@@ -620,6 +625,8 @@ class JobReconciler:
                     requests.append(job_request(job, pool, resuming=job.status.restarts > 0))
                 except InvalidRequest as exc:
                     self._wait(job, "InvalidRequest", str(exc))
+            except NotLeader:
+                raise  # this replica must stop writing altogether
             except Exception as exc:  # this job's trouble only
                 self._isolate(job, exc)
         active = [j for j in jobs if j.spec is not None and j.spec.pool == pool_name
@@ -655,6 +662,8 @@ class JobReconciler:
                 self._apply_decision(target, decision, now, [v.owner for v in victims.get(decision.owner, [])])
                 if isinstance(decision, Wait) and decision.owner in victims:
                     nominated.add(decision.owner)
+            except NotLeader:
+                raise  # this replica must stop writing altogether
             except Exception as exc:  # this job's trouble only
                 self._isolate(target, exc)
         nodes = {n["metadata"]["name"]: n for n in self.cache.store("nodes").values()}
@@ -667,6 +676,8 @@ class JobReconciler:
                     self._apply(victim, lifecycle.preempt(
                         victim.facts(), [pod_facts(p) for p in victim.pods], self._nodes_of(victim, nodes),
                         now, f"preempted by {decision.preemptor}: {decision.reason}"))
+                except NotLeader:
+                    raise  # this replica must stop writing altogether
                 except Exception as exc:
                     self._isolate(victim, exc)
 
@@ -926,6 +937,8 @@ class JobReconciler:
                     # Assumed until the watch shows the queue again, so a lagging watch is not a rewrite.
                     self.cache.store("tenantqueues").assume({**raw, "status": status}, upto=version_of(raw) + 1)
 
+            except NotLeader:
+                raise  # this replica must stop writing altogether
             except Exception as exc:  # one queue's trouble only
                 RECONCILE_ERRORS.labels("tenantqueue").inc()
                 log.exception("status of TenantQueue %s not written; the others go on", name)
