@@ -359,7 +359,8 @@ class _Cycle:
     def candidates(self, req: GangRequest) -> list[GangRequest]:
         spec = self.queues[req.queue]
         quota = spec.quota(req.pool)
-        assert quota is not None
+        if quota is None:
+            return []  # no quota on the pool: nothing to reclaim, and it waits on "Quota"
         own = self.usage.get((req.queue, req.pool), 0)
         may_reclaim = spec.reclaim_borrowed and own + req.total_milli <= quota.nominal_milli
         out = []
