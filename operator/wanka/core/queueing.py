@@ -172,6 +172,7 @@ def _shape(req: GangRequest) -> tuple[object, ...]:
         req.whole_gpus,
         req.share_milli,
         req.share_memory_mib,
+        req.mig_profile,
         req.cpu_milli,
         req.memory_mib,
         req.models,
