@@ -44,7 +44,17 @@ from wanka.core.requests import GangRequest
 from wanka.core.snapshot import WHOLE, Snapshot, Transaction
 
 WithinQueue = Literal["Never", "LowerPriority"]
-WaitCause = Literal["NoQueue", "Quota", "Capacity", "Reserved", "Preempting", "Blocked", "Skipped"]
+WaitCause = Literal[
+    "NoQueue",
+    "Quota",
+    "Capacity",
+    "Reserved",
+    "Preempting",
+    "Blocked",
+    "Skipped",
+    "MIGRepartitioning",  # set by core.mig.plan_repartitions for capacity-blocked MIG gangs
+    "MIGUnserved",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +203,7 @@ class QuotaBook:
 
     A queue may use its nominal quota; beyond it, it borrows up to its borrowing limit, and
     only from the cohort's unused quota (the cohort: every queue with a quota in the pool).
-    The scheduling cycle keeps one per cycle; paths that place without a cycle (MIG) use
-    one too, so every pool charges quotas the same way.
+    The scheduling cycle keeps one per cycle.
     """
 
     def __init__(self, queues: Mapping[str, QueueSpec]) -> None:
