@@ -41,7 +41,7 @@ from typing import Literal
 
 from wanka.core.gang import BEST_FIT_SLICES, GangPlacement, GangResult, SlicePolicy, place_gang
 from wanka.core.requests import GangRequest
-from wanka.core.snapshot import WHOLE, Snapshot, Transaction
+from wanka.core.snapshot import WHOLE, Allocation, Snapshot, Transaction
 
 WithinQueue = Literal["Never", "LowerPriority"]
 WaitCause = Literal[
@@ -567,6 +567,22 @@ class _Cycle:
             self.unfit[key] = (min(req.needed, known[0]) if known else req.needed, result.reason)
         return result
 
+    def still_held(self, held: Sequence[Allocation]) -> None:
+        """Victims keep what the preemptor does not take until they have stopped (they take
+        their grace period): nothing else may be placed there in this cycle."""
+        for alloc in held:
+            node = self.snapshot.nodes.get(alloc.node)
+            if node is None:
+                continue
+            if self.snapshot.check(alloc) is None:
+                self.txn.apply(alloc)
+                continue
+            # Part of it went to the preemptor: the devices it did not take stay held.
+            rest = tuple(s for s in alloc.devices if self.snapshot.check(
+                replace(alloc, cpu_milli=0, memory_mib=0, devices=(s,), opaque_gpus=0)) is None)
+            if rest:
+                self.txn.apply(replace(alloc, cpu_milli=0, memory_mib=0, devices=rest, opaque_gpus=0))
+
     def try_preempt(self, req: GangRequest) -> bool:
         key = (_shape(self.constrained(req)), req.queue, req.priority)
         known = self.no_victims.get(key)
@@ -576,6 +592,7 @@ class _Cycle:
         if not victims:
             self.no_victims[key] = min(req.needed, known) if known is not None else req.needed
             return False
+        held = [a for v in victims for a in self.snapshot.allocations_of(v.owner)]
         self.release(self.txn, victims)
         result = place_gang(
             self.snapshot,
@@ -586,6 +603,7 @@ class _Cycle:
         assert result.placement is not None, "victims were checked to make room"
         self.charge(req.queue, req.pool, sum(a.gpu_milli for a in result.placement.allocations))
         self.protected.add(req.owner)
+        self.still_held(held)
         for v in victims:
             self.gone.add(v.owner)
             if v.queue == req.queue:
