@@ -394,11 +394,11 @@ def test_preemptor_is_admitted_next_cycle_after_victims_stop() -> None:
 
 def test_what_a_victim_still_holds_is_given_to_no_one_else_in_the_same_cycle() -> None:
     # The victim's 8 GPUs are freed only once it has stopped (its grace period): the
-    # preemptor takes 4 of them later; the other 4 must not be admitted to a gang behind it.
+    # preemptor takes 4 of them later; the other 4 must not go to a (smaller) gang behind it.
     snap = pool(1)
     low = run(snap, make_job("low").gpus(8).running(0).obj())
     high = make_job("high").gpus(4).priority(10).created(1).obj()
-    behind = make_job("behind").gpus(4).priority(5).created(2).obj()
+    behind = make_job("behind").gpus(2).priority(5).created(2).obj()
     result = schedule(snap, [big_queue()], [high, behind], [low], NOW)
     assert [v.owner for v in result.preempted] == ["ns/low"]
     assert result.admitted == []
