@@ -38,7 +38,8 @@ MAX_EXCLUDED_NODES = 1024
 
 EventType = Literal["Normal", "Warning"]
 WARNING_CAUSES = frozenset(
-    {"NoQueue", "NoPool", "InvalidTopology", "SharingMismatch", "InvalidRequest", "InvalidTemplate", "NoQuota"}
+    {"NoQueue", "NoPool", "InvalidTopology", "SharingMismatch", "InvalidRequest", "InvalidTemplate", "NoQuota",
+     "TemplateNotAllowed", "PriorityTooHigh"}
 )
 
 
