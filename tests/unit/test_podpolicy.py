@@ -125,5 +125,5 @@ def test_admission_refusal(name: str, spec: TrainingJobSpec, queue: dict[str, An
 
 
 def test_service_account_is_not_pool_relaxable() -> None:
-    with pytest.raises(ValueError, match="podPolicy|allow"):
+    with pytest.raises(ValueError, match=r"podPolicy|allow"):
         GPUPoolSpec.model_validate({"nodeSelector": {}, "podPolicy": {"allow": ["ServiceAccount"]}})
