@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from wanka.cluster.translate import TERMINAL_PHASES, annotations_of, labels, quantity
+from wanka.cluster.translate import TERMINAL_PHASES, annotations_of, device_count, labels, quantity
 from wanka.core.mig import Geometry, MigDevice, MigInstance, mig_model, plan_mig
 
 GEOMETRY_ANNOTATION = "wanka.io/mig-geometry"
@@ -171,9 +171,8 @@ def mig_nodes(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, An
     out: dict[str, MigNode] = {}
     for node in nodes:
         name = node["metadata"]["name"]
-        cap = (node.get("status") or {}).get("capacity") or {}
         geometry = read_geometry(node)
-        devices = int(quantity(cap.get(resource))) + sum(1 for g in geometry.values() if g)
+        devices = device_count(node, resource) + sum(1 for g in geometry.values() if g)
         out[name] = MigNode(name, model_of(node), devices, geometry,
                             ready=applied(node, geometry), labels=dict(labels(node)))
     for pod in pods:

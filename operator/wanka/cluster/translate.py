@@ -27,6 +27,9 @@ GPU_HEALTH_ANNOTATION = "wanka.io/gpu-health"  # written by the agent: {"3": {"h
 HEALTH_ANNOTATION = "wanka.io/health"  # the operator's health record: {"state": "Sick", ...}
 UNHEALTHY_TAINT = "wanka.io/unhealthy"
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+# Node status is written by kubelets and device plugins, not by us: a node claiming more
+# devices than any server holds is counted as this many, never allocated one object each.
+MAX_DEVICES_PER_NODE = 128
 
 
 def quantity(value: Any, default: str = "0") -> Decimal:
@@ -34,6 +37,12 @@ def quantity(value: Any, default: str = "0") -> Decimal:
         return Decimal(parse_quantity(value if value is not None else default))
     except (ValueError, TypeError, ArithmeticError):
         return Decimal(0)
+
+
+def device_count(node: Mapping[str, Any], resource: str) -> int:
+    """The node's devices of `resource` by its status.capacity, bounded by MAX_DEVICES_PER_NODE."""
+    capacity = _mapping(_mapping(node.get("status")).get("capacity"))
+    return max(0, min(MAX_DEVICES_PER_NODE, int(quantity(capacity.get(resource)))))
 
 
 def pod_requests(pod: Mapping[str, Any], resource: str) -> tuple[int, int, int]:
@@ -133,7 +142,7 @@ def build_node(node: Mapping[str, Any], spec: GPUPoolSpec, levels: tuple[str, ..
     status = node.get("status") or {}
     lab = labels(node)
     resource = spec.accelerator.resource_name
-    count = int(quantity((status.get("capacity") or {}).get(resource)))
+    count = device_count(node, resource)
     alloc = status.get("allocatable") or {}
     model = spec.accelerator.model or lab.get(GPU_MODEL_LABEL, "")
     memory_mib = (spec.accelerator.memory_gi_b or 0) * 1024
