@@ -9,6 +9,9 @@ instances of any valid geometry (at most seven compute slices) within one device
 from __future__ import annotations
 
 WHOLE = 1000  # milli-GPU in one device
+# The most accelerators one node may claim: a Node's capacity is written by its kubelet (or
+# anyone who may patch Nodes), and the operator builds an object per device it claims.
+MAX_DEVICES_PER_NODE = 128
 MIG_COMPUTE_SLICES = 7  # compute slices of a MIG-capable NVIDIA GPU
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -39,7 +40,7 @@ from wanka.cluster.devenv import (
     render_chart,
     service_account_kubeconfig,
 )
-from wanka.cluster.localcluster import REPO
+from wanka.cluster.localcluster import REPO, kubeconfig_dict, write_private
 
 pytestmark = pytest.mark.integration
 
@@ -91,14 +92,34 @@ def apply_as_admin(cluster: Cluster, docs: list[dict[str, Any]], namespace: str)
     apply_manifests(cluster.api, docs, namespace)
 
 
+def agent_kubeconfig(cluster: Cluster, namespace: str, account: str, node: str, path: Path) -> Path:
+    """A kubeconfig with the agent's token bound to an agent pod on `node`, as in the DaemonSet."""
+    pod = cluster.core.create_namespaced_pod(namespace, {
+        "metadata": {"name": f"agent-{node}"},
+        "spec": {"serviceAccountName": account, "nodeName": node, "tolerations": [{"operator": "Exists"}],
+                 "containers": [{"name": "agent", "image": "wanka:1"}]}})
+    token = cluster.core.create_namespaced_service_account_token(account, namespace, {"spec": {
+        "expirationSeconds": 3600,
+        "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod.metadata.name,
+                           "uid": pod.metadata.uid}}}).status.token
+    ca = cluster.local.state_dir / "pki" / "ca.crt"
+    write_private(path, yaml.safe_dump(kubeconfig_dict(cluster.api.configuration.host, ca, token, user=account)))
+    return path
+
+
 def delete_cluster_scoped(cluster: Cluster, docs: list[dict[str, Any]]) -> None:
     rbac = client.RbacAuthorizationV1Api(cluster.api)
+    adm = client.AdmissionregistrationV1Api(cluster.api)
     for doc in docs:
         try:
             if doc["kind"] == "ClusterRole":
                 rbac.delete_cluster_role(doc["metadata"]["name"])
             elif doc["kind"] == "ClusterRoleBinding":
                 rbac.delete_cluster_role_binding(doc["metadata"]["name"])
+            elif doc["kind"] == "ValidatingAdmissionPolicy":
+                adm.delete_validating_admission_policy(doc["metadata"]["name"])
+            elif doc["kind"] == "ValidatingAdmissionPolicyBinding":
+                adm.delete_validating_admission_policy_binding(doc["metadata"]["name"])
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -172,9 +193,10 @@ def test_operator_runs_a_whole_job_lifecycle_under_the_charts_rbac(
         # Health: the chart's agent account reports a node-wide GPU fault (one sick device only
         # excludes that device); the operator taints the node (nodes patch), then lifts the
         # taint once the agent reports it healthy again.
-        agent_kc = sa_kubeconfig(cluster, release_ns, f"{RELEASE}-wanka-agent",
-                                 tmp_path / "agent.kubeconfig")
         sick = fleet.nodes[0]
+        # The chart's policy lets the agent write only the node its pod-bound token names.
+        agent_kc = agent_kubeconfig(cluster, release_ns, f"{RELEASE}-wanka-agent", sick,
+                                    tmp_path / "agent.kubeconfig")
         fault = tmp_path / "faults.json"
         fault.write_text(json.dumps({"node": [{"reason": "NVMLInitFailed", "message": "drill"}]}))
         _agent_once(agent_kc, sick, fault)

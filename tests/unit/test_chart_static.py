@@ -99,10 +99,15 @@ def test_defaults_render_the_expected_objects() -> None:
         ("Role", "wanka-leader-election"), ("RoleBinding", "wanka-leader-election"),
         ("Deployment", "wanka"), ("Service", "wanka-metrics"), ("PodDisruptionBudget", "wanka"),
         ("ConfigMap", "wanka-dashboard"), ("Pod", "wanka-test-metrics"),
+        ("ValidatingAdmissionPolicy", "wanka-pod-template"),
+        ("ValidatingAdmissionPolicyBinding", "wanka-pod-template"),
+        ("ValidatingAdmissionPolicy", "wanka-queue-limits"),
+        ("ValidatingAdmissionPolicyBinding", "wanka-queue-limits"),
     ])
     on = {(d["kind"], d["metadata"]["name"]) for d in render(*EVERYTHING_ON)}
     assert {("DaemonSet", "wanka-agent"), ("ServiceMonitor", "wanka"),
-            ("ClusterRole", "wanka-agent"), ("ServiceAccount", "wanka-agent")} <= on
+            ("ClusterRole", "wanka-agent"), ("ServiceAccount", "wanka-agent"),
+            ("ValidatingAdmissionPolicy", "wanka-agent-own-node")} <= on
 
 
 def test_every_object_carries_the_standard_labels() -> None:

@@ -191,6 +191,10 @@ REPORTS = [
     ReportCase("a time before the last accepted report is ignored", {**GOOD, "time": 1500}, False),
     ReportCase("a path outside the checkpoint directory is ignored", {**GOOD, "path": "/etc/passwd"}, False),
     ReportCase("a path climbing out with .. is ignored", {**GOOD, "path": "/ckpt/../etc"}, False),
+    # The attempt was admitted at 4000: an older time would make the gang look costlier to
+    # preempt than it is, and move preemption onto other gangs.
+    ReportCase("a time before this attempt was admitted is ignored", {**GOOD, "time": 3000}, False),
+    ReportCase("a time just after this attempt was admitted is taken", {**GOOD, "time": 4001}, True),
 ]
 
 
@@ -199,9 +203,10 @@ def test_checkpoint_reports_are_checked(case: ReportCase) -> None:
     from wanka.api.trainingjob import LastCheckpoint
     from wanka.core.lifecycle import to_dt
 
-    obj = job("j").checkpoint("/ckpt").running(RUN2[0]).last_checkpoint(100, 2000, "/ckpt/step-100").obj()
+    obj = (job("j").checkpoint("/ckpt").running(RUN2[0], since=4000).restarts(1)
+           .last_checkpoint(100, 2000, "/ckpt/step-100").obj())
     report = LastCheckpoint(step=case.report["step"], path=case.report["path"], time=to_dt(case.report["time"]))
-    plan = plan_for(obj, [make_pod("j", 0).on("n1").running().obj()], [ready("n1")], report=report)
+    plan = plan_for(obj, [make_pod("j", 0, attempt=1).on("n1").running().obj()], [ready("n1")], report=report)
     taken = plan.status is not None and plan.status.last_checkpoint == report
     assert taken == case.want_taken
     if not case.want_taken:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 from pathlib import Path
@@ -29,7 +31,9 @@ def test_latest_is_the_newest_complete_checkpoint(tmp_path: Path) -> None:
     assert latest.file("state.bin").read_bytes() == b"weights30"
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "no-manifest", "bad-manifest", "missing-file"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no-manifest", "bad-manifest", "missing-file",
+                                    "files-not-a-map", "entry-not-a-map", "wrong-step", "escaping-path",
+                                    "absolute-path"])
 def test_a_torn_or_corrupt_checkpoint_is_skipped(tmp_path: Path, damage: str) -> None:
     ck = CheckpointDir(tmp_path, keep=5)
     write(ck, 10)
@@ -43,12 +47,38 @@ def test_a_torn_or_corrupt_checkpoint_is_skipped(tmp_path: Path, damage: str) ->
         (newest / MANIFEST).unlink()
     elif damage == "bad-manifest":
         (newest / MANIFEST).write_text("{not json")
+    elif damage in ("files-not-a-map", "entry-not-a-map", "wrong-step", "escaping-path", "absolute-path"):
+        manifest = json.loads((newest / MANIFEST).read_text())
+        outside = tmp_path / "outside.bin"
+        outside.write_bytes(b"x")
+        digest = hashlib.sha256(b"x").hexdigest()
+        manifest.update({
+            "files-not-a-map": {"files": ["state.bin"]},
+            "entry-not-a-map": {"files": {"state.bin": 7}},
+            "wrong-step": {"step": 99},
+            # A manifest naming files outside its directory must not make them "verified".
+            "escaping-path": {"files": {"../outside.bin": {"size": 1, "sha256": digest}}},
+            "absolute-path": {"files": {str(outside): {"size": 1, "sha256": digest}}},
+        }[damage])
+        (newest / MANIFEST).write_text(json.dumps(manifest))
     else:
         (newest / "sub" / "opt.bin").unlink()
     with pytest.raises(CorruptCheckpoint):
         ck.verify(newest)
     latest = ck.latest()
     assert latest is not None and latest.step == 10
+
+
+def test_checkpoints_are_ordered_by_step_number_not_by_name(tmp_path: Path) -> None:
+    ck = CheckpointDir(tmp_path, keep=2)
+    for step in (99_999_999, 100_000_000, 100_000_001):
+        write(ck, step)
+    latest = ck.latest()
+    assert latest is not None and latest.step == 100_000_001
+    # prune kept the two highest steps, not the two longest-or-highest names.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-100000000", "step-100000001"]
+    (tmp_path / "step-notanumber").mkdir()
+    assert [p.name for p in ck.candidates()] == ["step-100000001", "step-100000000"]
 
 
 def test_an_exception_while_writing_publishes_nothing(tmp_path: Path) -> None:

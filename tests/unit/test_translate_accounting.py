@@ -101,3 +101,15 @@ def test_malformed_annotations_do_not_break_the_snapshot() -> None:
     pods = [pod("x", "a", 2, labels={"wanka.io/job": "x"}, annotations={"wanka.io/devices": "zero"})]
     s = summarize(build_pool_snapshot(SPEC, nodes, pods).snapshot)
     assert s.gpus_allocated == 2 and s.nodes_healthy == 1
+
+
+@pytest.mark.parametrize("capacity", ["1000000000000", "1e12", "1Ei", "-5", "lots"])
+def test_a_node_claiming_absurd_capacity_is_bounded(capacity: str) -> None:
+    """Node status is anyone's write with nodes/status: it must never size the operator's memory."""
+    from wanka.cluster.translate import MAX_DEVICES_PER_NODE
+
+    bogus = node("a")
+    bogus["status"]["capacity"]["nvidia.com/gpu"] = capacity
+    view = build_pool_snapshot(SPEC, [bogus, node("b")], [])
+    devices = {n.name: len(n.devices) for n in view.snapshot.nodes.values()}
+    assert 0 <= devices["a"] <= MAX_DEVICES_PER_NODE and devices["b"] == 8

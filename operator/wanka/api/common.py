@@ -23,6 +23,11 @@ LABEL_KEY_PATTERN = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"  # optional DNS prefix
     r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"  # name
 )
+# Pod-template rules (wanka.core.podpolicy), in the order they are checked.
+POD_POLICY_RULES = (
+    "Privileged", "HostPath", "HostNamespaces", "Capabilities", "NodeName",
+    "AcceleratorEnv", "AcceleratorResources", "ServiceAccount",
+)
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 

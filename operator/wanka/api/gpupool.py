@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field
 from wanka.api.common import (
     LABEL_KEY_PATTERN,
     MAX_LABEL_KEY,
+    POD_POLICY_RULES,
     Condition,
     LabelSelector,
     WankaModel,
@@ -159,6 +160,26 @@ class HealthPolicy(WankaModel):
     )
 
 
+# A pool may relax these; ServiceAccount is relaxed per name by a TenantQueue instead.
+POOL_RELAXABLE = POD_POLICY_RULES[:-1]
+PoolRule = Literal[
+    "Privileged", "HostPath", "HostNamespaces", "Capabilities", "NodeName",
+    "AcceleratorEnv", "AcceleratorResources",
+]
+
+
+class PodPolicy(WankaModel):
+    """Which pod-template rules this pool relaxes, for tenants trusted with more."""
+
+    allow: list[PoolRule] = Field(
+        default_factory=list,
+        max_length=len(POOL_RELAXABLE),
+        description="Rules not enforced for jobs in this pool: "
+        + ", ".join(POOL_RELAXABLE)
+        + ". Empty: every rule holds (see docs/operations.md, Security model).",
+    )
+
+
 class GPUPoolSpec(WankaModel):
     """Desired state of a GPUPool."""
 
@@ -169,6 +190,9 @@ class GPUPoolSpec(WankaModel):
     topology: Topology = Field(default_factory=Topology, description="Network hierarchy.")
     sharing: Sharing = Field(default_factory=Sharing, description="Device sharing.")
     health: HealthPolicy = Field(default_factory=HealthPolicy, description="Health policy.")
+    pod_policy: PodPolicy = Field(
+        default_factory=PodPolicy, description="Pod-template rules relaxed for this pool's jobs."
+    )
 
 
 class NodeCounts(WankaModel):

@@ -6,7 +6,15 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
-from wanka.api.common import DNS_LABEL_PATTERN, MAX_NAME, Condition, LabelSelector, WankaModel, cel
+from wanka.api.common import (
+    DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
+    MAX_NAME,
+    Condition,
+    LabelSelector,
+    WankaModel,
+    cel,
+)
 
 
 class Quota(WankaModel):
@@ -73,6 +81,21 @@ class TenantQueueSpec(WankaModel):
         default=1, gt=0, le=1000, description="Fair-share weight: usage is compared per unit weight."
     )
     preemption: Preemption = Field(default_factory=Preemption, description="Preemption policy.")
+    max_priority: int | None = Field(
+        default=None,
+        ge=-1_000_000,
+        le=1_000_000,
+        description="The highest spec.priority this queue's jobs may ask for; a job above it is "
+        "refused (by the admission policy, else Admitted=False PriorityTooHigh). Unset: no "
+        "ceiling, so every tenant of the cluster should get one.",
+    )
+    allowed_service_accounts: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="ServiceAccounts (names in the job's namespace) a job's pod template may "
+        "name besides the job's own; its pods run with that account's permissions.",
+        json_schema_extra={"items": {"type": "string", "maxLength": 253, "pattern": DNS_SUBDOMAIN_PATTERN}},
+    )
 
 
 class PoolUsage(WankaModel):

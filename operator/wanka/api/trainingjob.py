@@ -223,6 +223,13 @@ class TrainingJobSpec(WankaModel):
                     "gang.minAvailable cannot exceed replicas",
                 ),
                 cel("self.pool == oldSelf.pool", "pool is immutable", fieldPath=".pool"),
+                # Usage is charged to the job's queue: moving a job that holds devices would
+                # charge the new queue for what the old one admitted.
+                cel(
+                    "self.queue == oldSelf.queue",
+                    "queue is immutable: delete and recreate the job to run it in another queue",
+                    fieldPath=".queue",
+                ),
                 cel(
                     "self.replicas == oldSelf.replicas",
                     "replicas is immutable: delete and recreate the job to resize it",

@@ -11,7 +11,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from wanka.cluster.kube import api_client
-from wanka.cluster.localcluster import KWOK_NODE_ANNOTATION, ClusterStartError, LocalCluster
+from wanka.cluster.localcluster import KWOK_NODE_ANNOTATION, ClusterStartError, LocalCluster, write_private
 
 DEFAULT_STATE = Path(".wanka")
 GPU_MODEL_LABEL = "wanka.io/gpu-model"
@@ -112,7 +112,7 @@ def _up(args: argparse.Namespace) -> int:
         print(f"wanka dev up: {exc}", file=sys.stderr)
         return 1
     target = Path(args.state_dir) / "kubeconfig"
-    target.write_text(kubeconfig.read_text())
+    write_private(target, kubeconfig.read_text())
     print(f"local control plane up; export KUBECONFIG={target.resolve()}")
     return 0
 

@@ -198,11 +198,11 @@ def operator_deployment(docs: list[dict[str, Any]]) -> tuple[list[str], str]:
 def service_account_kubeconfig(api: client.ApiClient, ca: Path, namespace: str, account: str,
                                path: Path) -> Path:
     """A kubeconfig holding a fresh TokenRequest token of `account` (RBAC applies in full)."""
-    from wanka.cluster.localcluster import kubeconfig_dict
+    from wanka.cluster.localcluster import kubeconfig_dict, write_private
 
     token = client.CoreV1Api(api).create_namespaced_service_account_token(
         account, namespace, {"spec": {"expirationSeconds": 3600}}).status.token
-    path.write_text(yaml.safe_dump(kubeconfig_dict(api.configuration.host, ca, token, user=account)))
+    write_private(path, yaml.safe_dump(kubeconfig_dict(api.configuration.host, ca, token, user=account)))
     return path
 
 

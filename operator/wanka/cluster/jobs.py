@@ -63,7 +63,7 @@ from wanka.cluster.translate import (
     node_ready,
     pod_requests,
 )
-from wanka.core import lifecycle
+from wanka.core import lifecycle, podpolicy
 from wanka.core.lifecycle import ACTIVE, JobFacts, NodeFacts, PodFacts, VictimFacts
 from wanka.core.mig import plan_repartitions
 from wanka.core.queueing import (
@@ -714,6 +714,9 @@ class JobReconciler:
         ns_labels = (self.cache.store("namespaces").get("", job.ns) or {}).get("metadata", {}).get("labels") or {}
         if job.ns not in q.namespaces and not (q.namespace_selector and q.namespace_selector.matches(ns_labels)):
             return "NoQueue", f"TenantQueue {spec.queue} does not admit namespace {job.ns}"
+        refused = podpolicy.admission_refusal(spec, service_account_name(job.name), q, spec.queue, pool)
+        if refused:
+            return refused
         try:
             devices = [(i, WHOLE) for i in range(spec.resources.gpus or 0)] or [(0, spec.resources.gpu_milli)]
             pod_manifest(job.raw, spec, 0, job.attempt, devices, pool.accelerator.resource_name, pool.sharing.mode)

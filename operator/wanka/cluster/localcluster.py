@@ -52,6 +52,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (tokens, keys, kubeconfigs), whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
 def _openssl(*args: str, cwd: Path) -> None:
     proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -60,7 +68,8 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 def make_pki(pki: Path) -> None:
     """A CA, the apiserver's serving certificate and the service-account signing key."""
-    pki.mkdir(parents=True, exist_ok=True)
+    pki.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pki.chmod(0o700)
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
              "ca.crt", "-days", "3650", "-subj", "/CN=wanka-local-ca", cwd=pki)
     (pki / "san.ext").write_text(
@@ -75,6 +84,8 @@ def make_pki(pki: Path) -> None:
              cwd=pki)
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+    for key in pki.glob("*.key"):
+        key.chmod(0o600)
 
 
 def kubeconfig_dict(server: str, ca_file: Path, token: str, user: str = "admin") -> dict[str, object]:
@@ -178,12 +189,12 @@ class LocalCluster:
         """Start every component and return the admin kubeconfig path."""
         if self._pids():
             self.down()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         bins = self.bin_dir or build_binaries()
         pki = self.state_dir / "pki"
         make_pki(pki)
         token = secrets.token_hex(16)
-        (pki / "tokens.csv").write_text(f'{token},wanka-admin,wanka-admin,"system:masters"\n')
+        write_private(pki / "tokens.csv", f'{token},wanka-admin,wanka-admin,"system:masters"\n')
         self.ports = {n: free_port() for n in ("etcd", "etcd-peer", "apiserver", "kcm", "kwok")}
         (self.state_dir / "ports.json").write_text(json.dumps(self.ports))
         try:
@@ -227,7 +238,7 @@ class LocalCluster:
             *([] if self.with_controller_manager else ["--disable-admission-plugins=ServiceAccount"]),
         ])
         self._wait("kube-apiserver", apiserver, self._apiserver_ready, timeout)
-        self.kubeconfig.write_text(yaml.safe_dump(kubeconfig_dict(server, pki / "ca.crt", token)))
+        write_private(self.kubeconfig, yaml.safe_dump(kubeconfig_dict(server, pki / "ca.crt", token)))
 
         if self.with_controller_manager:
             kc = str(self.kubeconfig)

@@ -26,7 +26,7 @@ import yaml
 
 from wanka.core.mig import Geometry, MigInstance, NodeGeometry
 from wanka.core.snapshot import Device, DeviceShare, Snapshot
-from wanka.units import mig_share_milli
+from wanka.units import MAX_DEVICES_PER_NODE, mig_share_milli
 
 GEOMETRY_ANNOTATION = "wanka.io/mig-geometry"
 INSTANCE_ANNOTATION = "wanka.io/mig-instance"
@@ -149,7 +149,9 @@ def layout(node: Mapping[str, Any], whole: int) -> MigLayout:
     settling = not applied(node, geometry)
     partitioned = sum(1 for g in geometry.values() if g)
     devices = _count(_meta(node, "labels").get(GPU_COUNT_LABEL)) or whole + (0 if settling else partitioned)
-    return MigLayout(max(devices, max(geometry, default=-1) + 1), geometry, settling)
+    geometry = {d: g for d, g in geometry.items() if 0 <= d < MAX_DEVICES_PER_NODE}
+    devices = max(devices, max(geometry, default=-1) + 1)
+    return MigLayout(min(devices, MAX_DEVICES_PER_NODE), geometry, settling)
 
 
 def pod_instance(pod: Mapping[str, Any]) -> DeviceShare | None:

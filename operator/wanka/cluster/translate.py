@@ -15,6 +15,7 @@ from wanka.api.gpupool import GPUPoolSpec
 from wanka.cluster import mig
 from wanka.core.health import HealthRecord
 from wanka.core.snapshot import WHOLE, Allocation, Device, DeviceShare, HealthState, Node, OverAllocation, Snapshot
+from wanka.units import MAX_DEVICES_PER_NODE
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ GPU_HEALTH_ANNOTATION = "wanka.io/gpu-health"  # written by the agent: {"3": {"h
 HEALTH_ANNOTATION = "wanka.io/health"  # the operator's health record: {"state": "Sick", ...}
 UNHEALTHY_TAINT = "wanka.io/unhealthy"
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+# Node status is written by kubelets and device plugins, not by us: a node claiming more
+# devices than any server holds is counted as this many, never allocated one object each.
 
 
 def quantity(value: Any, default: str = "0") -> Decimal:
@@ -35,6 +38,12 @@ def quantity(value: Any, default: str = "0") -> Decimal:
         return Decimal(parse_quantity(value if value is not None else default))
     except (ValueError, TypeError, ArithmeticError):
         return Decimal(0)
+
+
+def device_count(node: Mapping[str, Any], resource: str) -> int:
+    """The node's devices of `resource` by its status.capacity, bounded by MAX_DEVICES_PER_NODE."""
+    capacity = _mapping(_mapping(node.get("status")).get("capacity"))
+    return max(0, min(MAX_DEVICES_PER_NODE, int(quantity(capacity.get(resource)))))
 
 
 def pod_requests(pod: Mapping[str, Any], resource: str) -> tuple[int, int, int]:
@@ -134,7 +143,7 @@ def build_node(node: Mapping[str, Any], spec: GPUPoolSpec, levels: tuple[str, ..
     status = node.get("status") or {}
     lab = labels(node)
     resource = spec.accelerator.resource_name
-    count = int(quantity((status.get("capacity") or {}).get(resource)))
+    count = device_count(node, resource)
     layout = mig.layout(node, count) if spec.sharing.mode == "MIG" else None
     count = layout.devices if layout is not None else count
     alloc = status.get("allocatable") or {}

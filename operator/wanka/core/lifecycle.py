@@ -35,10 +35,13 @@ GONE_MARGIN_SECONDS = 30.0
 # reservation this long, in case the cause is fixed at once; then it is released.
 REFUSED_RELEASE_SECONDS = 30.0
 MAX_EXCLUDED_NODES = 1024
+# Clock skew forgiven between the workload's node and the operator when checking its reports.
+REPORT_SKEW_SECONDS = 60.0
 
 EventType = Literal["Normal", "Warning"]
 WARNING_CAUSES = frozenset(
-    {"NoQueue", "NoPool", "InvalidTopology", "SharingMismatch", "InvalidRequest", "InvalidTemplate", "NoQuota"}
+    {"NoQueue", "NoPool", "InvalidTopology", "SharingMismatch", "InvalidRequest", "InvalidTemplate", "NoQuota",
+     "TemplateNotAllowed", "PriorityTooHigh"}
 )
 
 
@@ -476,19 +479,25 @@ def check_report(
     """Why a checkpoint report is not believable ("" when it is).
 
     A report is the tenant's own write: it may not move time or steps backwards, claim a time in
-    the future, or point outside the job's checkpoint directory.
+    the future or before the current attempt was admitted, or point outside the job's
+    checkpoint directory.
     """
     last = status.last_checkpoint
     when = report.time.timestamp()
-    if when > now + 60:
+    if when > now + REPORT_SKEW_SECONDS:
         return f"time {report.time.isoformat()} is in the future"
     if last is not None and report.step < last.step:
         return f"step {report.step} is behind the last accepted step {last.step}"
     if last is not None and when < last.time.timestamp():
         return f"time {report.time.isoformat()} is before the last accepted report"
     started = ts(status.start_time)
-    if started is not None and when < started - 60 and last is None:
+    if started is not None and when < started - REPORT_SKEW_SECONDS and last is None:
         return f"time {report.time.isoformat()} is before the job first ran"
+    # An old time makes a gang look costlier to preempt than it is: within an attempt, a
+    # checkpoint can be no older than the attempt's admission.
+    admitted = ts(status.admitted_time)
+    if admitted is not None and when < admitted - REPORT_SKEW_SECONDS:
+        return f"time {report.time.isoformat()} is before this attempt was admitted ({to_dt(admitted).isoformat()})"
     root = spec.checkpoint.path.rstrip("/") if spec is not None else ""
     inside = report.path == root or report.path.startswith(root + "/")
     if ".." in report.path.split("/") or (root and report.path and not inside):

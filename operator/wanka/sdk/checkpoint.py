@@ -62,6 +62,12 @@ def step_dir(root: Path, step: int) -> Path:
     return root / f"{PREFIX}{step:08d}"
 
 
+def step_of(path: Path) -> int | None:
+    """The step a checkpoint directory's name says, or None for a name that is not one."""
+    digits = path.name.removeprefix(PREFIX)
+    return int(digits) if path.name.startswith(PREFIX) and digits.isascii() and digits.isdigit() else None
+
+
 class CheckpointDir:
     """Saves and finds checkpoints under one directory; keeps the newest `keep`."""
 
@@ -107,23 +113,35 @@ class CheckpointDir:
         self.prune()
 
     def verify(self, path: Path) -> Checkpoint:
-        """The checkpoint at `path`, or CorruptCheckpoint if anything does not match."""
+        """The checkpoint at `path`, or CorruptCheckpoint if anything does not match.
+
+        The manifest is data from a shared volume: any shape it has, and any file name in it
+        that would lead outside the checkpoint's directory, makes the checkpoint corrupt."""
         try:
             manifest = json.loads((path / MANIFEST).read_text())
             step, when, files = int(manifest["step"]), float(manifest["time"]), manifest["files"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            entries = [(str(name), int(meta["size"]), str(meta["sha256"])) for name, meta in files.items()]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CorruptCheckpoint(f"{path}: unreadable manifest ({exc})") from exc
-        for name, meta in files.items():
-            f = path / name
-            if not f.is_file() or f.stat().st_size != meta["size"] or _sha256(f) != meta["sha256"]:
+        if step != step_of(path):
+            raise CorruptCheckpoint(f"{path}: the manifest says step {step}")
+        for name, size, digest in entries:
+            rel = Path(name)
+            if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+                raise CorruptCheckpoint(f"{path}: {name!r} is outside the checkpoint directory")
+            f = path / rel
+            if f.is_symlink() or not f.is_file() or f.stat().st_size != size or _sha256(f) != digest:
                 raise CorruptCheckpoint(f"{path}: {name} does not match the manifest")
         return Checkpoint(step, path, when)
 
     def candidates(self) -> list[Path]:
+        """Checkpoint directories, newest step first (by number: step 100000000 sorts after
+        step 99999999 although its name is longer)."""
         if not self.root.is_dir():
             return []
-        return sorted((p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)),
-                      key=lambda p: p.name, reverse=True)
+        found = [(step_of(p), p) for p in self.root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)]
+        return [p for step, p in sorted((x for x in found if x[0] is not None),
+                                        key=lambda x: (x[0], x[1].name), reverse=True)]
 
     def latest(self) -> Checkpoint | None:
         """The newest complete checkpoint; torn or corrupt ones are skipped."""
