@@ -137,6 +137,9 @@ def test_refused_pods_surface_release_and_back_off(
     cluster: Cluster, namespace: str, operator: OperatorProcess,
 ) -> None:
     fleet = make_fleet(cluster, namespace, nodes=2, racks=1)
+    # The queue lets its jobs name this ServiceAccount; nobody created it, so the API refuses.
+    cluster.custom.patch_cluster_custom_object("wanka.io", "v1alpha1", "tenantqueues", fleet.queue,
+                                               {"spec": {"allowedServiceAccounts": ["does-not-exist"]}})
     make_job(cluster, namespace, fleet, "refused", replicas=1, gpus=8,
              restartPolicy={"backoffSeconds": 60, "maxBackoffSeconds": 600})
     cluster.custom.patch_namespaced_custom_object(
