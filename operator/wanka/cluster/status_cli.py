@@ -11,6 +11,7 @@ from kubernetes import client
 
 from wanka.api.common import GROUP, VERSION
 from wanka.cluster.kube import api_client
+from wanka.core.accounting import WAITING_PHASES
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -67,7 +68,7 @@ def queue_rows(queues: Sequence[dict[str, Any]], jobs: Sequence[dict[str, Any]] 
         usage = ", ".join(f"{u['pool']}={u['gpus']:g}" for u in st.get("usage") or []) or "-"
         waiting = [j["metadata"].get("creationTimestamp") for j in jobs
                    if (j.get("spec") or {}).get("queue") == name
-                   and (j.get("status") or {}).get("phase") in (None, "Queued", "Restarting")]
+                   and (j.get("status") or {}).get("phase") in WAITING_PHASES]
         oldest = min((w for w in waiting if w), default=None)
         rows.append([name, (q.get("spec") or {}).get("weight", 1), st.get("running", 0),
                      st.get("pending", 0), _age(oldest, now), usage])

@@ -22,7 +22,7 @@ from wanka.cluster.kube import api_client, connection_settings, list_all
 from wanka.cluster.leader import LeaseElector
 from wanka.cluster.pools import PoolReconciler
 from wanka.cluster.writer import EventRecorder, StatusWriter
-from wanka.core.accounting import PoolSummary
+from wanka.core.accounting import PoolSummary, queue_depth
 from wanka.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, register_pool_collector
 
 log = logging.getLogger("wanka")
@@ -182,7 +182,8 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_addr)
-    register_pool_collector(lambda: dict(RUNTIME.summaries))
+    register_pool_collector(lambda: dict(RUNTIME.summaries),
+                            depth=lambda: queue_depth(RUNTIME.cache.store("trainingjobs").values()))
     if args.leader_elect:
         namespace = args.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
         RUNTIME.lease = (namespace, args.lease_name)
