@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from wanka import __version__
 from wanka.api.common import GROUP, VERSION
 from wanka.cluster.cache import KINDS, FleetCache
 from wanka.cluster.health import ApiNodePatcher, HealthReconciler
@@ -22,6 +23,7 @@ from wanka.cluster.kube import api_client, connection_settings, list_all
 from wanka.cluster.leader import LeaseElector
 from wanka.cluster.pools import PoolReconciler
 from wanka.cluster.writer import EventRecorder, StatusWriter
+from wanka.controllers.logs import configure_logging
 from wanka.core.accounting import PoolSummary, queue_depth
 from wanka.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, register_pool_collector
 
@@ -171,15 +173,11 @@ async def operator_cleanup(**_: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = os.path.abspath(args.kubeconfig)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}'
-        if args.log_format == "json"
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:
-        # kopf logs every handled watch event at INFO; our own loops log what matters.
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    configure_logging(args.log_format, args.verbose)
+    log.info("wanka %s starting: metrics on %s, liveness on %s, leader election %s", __version__,
+             f"{args.metrics_addr}:{args.metrics_port}" if args.metrics_port else "off",
+             f"{args.health_addr}:{args.health_port}" if args.health_port else "off",
+             "on" if args.leader_elect else "off")
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_addr)
     register_pool_collector(lambda: dict(RUNTIME.summaries),
