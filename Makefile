@@ -6,6 +6,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
+OPENB ?= ../shared/data/openb
 
 .PHONY: help venv binaries tools cluster-up cluster-down crds crds-check lint test test-unit test-integration chart-test kind-up kind-down demo sim
 
@@ -65,7 +66,7 @@ kind-down: ## delete the kind cluster
 demo: venv binaries ## local cluster, 16 simulated 8-GPU nodes in 2 racks, a pool, the operator; KEEP=1 leaves it up
 	$(VPY) hack/demo.py $(if $(KEEP),--keep,)
 
-sim: venv ## replay the OpenB trace with every policy (see docs/simulator.md)
-	$(VPY) -m wanka.cli simulate --nodes ../shared/data/openb/openb_node_list_gpu_node.csv \
-	  --pods ../shared/data/openb/openb_pod_list_default.csv --policy all --seeds 5 \
+sim: venv ## replay the OpenB trace with every policy; OPENB=folder of its CSVs (docs/simulator.md)
+	$(VPY) -m wanka.cli simulate --nodes $(OPENB)/openb_node_list_gpu_node.csv \
+	  --pods $(OPENB)/openb_pod_list_default.csv --policy all --seeds 5 \
 	  --json out/openb-default.json --plot out/openb-default.png
