@@ -8,20 +8,46 @@ from pathlib import Path
 from kubernetes import client, config
 
 LOCAL_KUBECONFIG = Path(".wanka/kubeconfig")
+KUBECONFIG_HELP = "kubeconfig file (default: $KUBECONFIG, .wanka/kubeconfig, in-cluster, ~/.kube/config)"
+IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
-def api_client(kubeconfig: str | os.PathLike[str] | None = None) -> client.ApiClient:
-    """An ApiClient for the given kubeconfig, else $KUBECONFIG, .wanka/kubeconfig, in-cluster,
-    then ~/.kube/config, in that order."""
+def kubeconfig_path(kubeconfig: str | os.PathLike[str] | None = None) -> str | None:
+    """The kubeconfig file Wanka reads: the one given, else $KUBECONFIG, else .wanka/kubeconfig;
+    None means in-cluster (in a pod) or ~/.kube/config."""
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if not path and LOCAL_KUBECONFIG.exists():
         path = LOCAL_KUBECONFIG
+    return str(path) if path else None
+
+
+def api_client(kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None) -> client.ApiClient:
+    """An ApiClient for the given kubeconfig, else $KUBECONFIG, .wanka/kubeconfig, in-cluster,
+    then ~/.kube/config, in that order; `context` picks a context other than the current one."""
+    path = kubeconfig_path(kubeconfig)
     if path:
-        return config.new_client_from_config(config_file=str(path))
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return config.new_client_from_config(config_file=path, context=context)
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not context:
         config.load_incluster_config()
         return client.ApiClient()
-    return config.new_client_from_config()
+    return config.new_client_from_config(context=context)
+
+
+def default_namespace(kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None) -> str:
+    """The namespace of the kubeconfig context in use (kubectl's default), else the pod's own
+    namespace in a cluster, else "default"."""
+    path = kubeconfig_path(kubeconfig)
+    if path or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        try:
+            contexts, current = config.list_kube_config_contexts(config_file=path)
+        except (config.ConfigException, OSError):
+            return "default"
+        chosen = next((c for c in contexts if c.get("name") == context), None) if context else current
+        return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
+    try:
+        return IN_CLUSTER_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
 
 
 def connection_settings(api: client.ApiClient) -> dict[str, object]:

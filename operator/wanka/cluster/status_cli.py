@@ -10,7 +10,7 @@ from typing import Any
 from kubernetes import client
 
 from wanka.api.common import GROUP, VERSION
-from wanka.cluster.kube import api_client
+from wanka.cluster.kube import KUBECONFIG_HELP, api_client
 from wanka.core.accounting import WAITING_PHASES
 
 
@@ -93,5 +93,5 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("status", help="pools and queues as a table")
-    parser.add_argument("--kubeconfig", default=None)
+    parser.add_argument("--kubeconfig", default=None, help=KUBECONFIG_HELP)
     parser.set_defaults(func=_run)

@@ -19,7 +19,7 @@ from wanka.cluster.cache import KINDS, FleetCache
 from wanka.cluster.health import ApiNodePatcher, HealthReconciler
 from wanka.cluster.jobio import JobIO
 from wanka.cluster.jobs import JobReconciler
-from wanka.cluster.kube import api_client, connection_settings, list_all
+from wanka.cluster.kube import KUBECONFIG_HELP, api_client, connection_settings, list_all
 from wanka.cluster.leader import LeaseElector
 from wanka.cluster.pools import PoolReconciler
 from wanka.cluster.writer import EventRecorder, StatusWriter
@@ -198,16 +198,17 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("run", help="run the operator (all namespaces)")
-    parser.add_argument("--kubeconfig", default=None)
-    parser.add_argument("--metrics-port", type=int, default=8000, help="0 disables")
-    parser.add_argument("--metrics-addr", default="0.0.0.0")
-    parser.add_argument("--health-port", type=int, default=8080, help="0 disables")
-    parser.add_argument("--health-addr", default="0.0.0.0")
+    parser.add_argument("--kubeconfig", default=None, help=KUBECONFIG_HELP)
+    parser.add_argument("--metrics-port", type=int, default=8000, help="Prometheus /metrics port; 0 disables")
+    parser.add_argument("--metrics-addr", default="0.0.0.0", help="address /metrics listens on")
+    parser.add_argument("--health-port", type=int, default=8080, help="liveness endpoint (/healthz) port; 0 disables")
+    parser.add_argument("--health-addr", default="0.0.0.0", help="address /healthz listens on")
     parser.add_argument("--leader-elect", action="store_true",
                         help="run as one of several replicas: only the Lease holder acts")
     parser.add_argument("--lease-namespace", default=None,
                         help="namespace of the Lease (default: $POD_NAMESPACE, else default)")
-    parser.add_argument("--lease-name", default="wanka-operator")
-    parser.add_argument("--log-format", choices=["text", "json"], default="text")
-    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--lease-name", default="wanka-operator", help="name of the Lease (default %(default)s)")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text",
+                        help="text lines, or one JSON object a line, tracebacks included (default text)")
+    parser.add_argument("--verbose", action="store_true", help="log at DEBUG, kopf's per-object lines included")
     parser.set_defaults(func=_run)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from wanka.argparsing import Parser
 from wanka.core.slicing import POLICIES
 from wanka.sim.openb import Job, Replay, run_jobs, summarize
 from wanka.sim.progress import progress
@@ -194,7 +195,7 @@ def figure(replays: Sequence[Replay], title: str = "") -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `simulate` on its own (python -m wanka.sim.cli ...)."""
-    parser = argparse.ArgumentParser(prog="wanka simulate", description=__doc__)
+    parser = Parser(prog="wanka simulate", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from wanka.argparsing import Parser
 from wanka.core.queueing import Admit, PoolQuota, QueueSpec, SchedulerConfig, schedule
 from wanka.core.requests import GangRequest
 from wanka.core.snapshot import WHOLE, Device, Node, Snapshot
@@ -458,9 +459,7 @@ def _fresh(node: Node) -> Node:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`wanka simulate-gangs`: print a JSON comparison of queue policies."""
-    parser = argparse.ArgumentParser(prog="wanka simulate-gangs", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=SimConfig.jobs,
                         help="gangs in the synthetic workload (default %(default)s)")
     parser.add_argument("--seed", type=int, default=SimConfig.seed,
@@ -476,6 +475,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "default configuration")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="print no progress on stderr (default: a bar with an ETA, or a line per run)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`wanka simulate-gangs`: print a JSON comparison of queue policies."""
+    parser = Parser(prog="wanka simulate-gangs", description=__doc__)
+    add_arguments(parser)
     args = parser.parse_args(argv)
     if not args.csv.is_file():
         print(f"wanka simulate-gangs: no such file: {args.csv} (--csv, or set $WANKA_DATA)", file=sys.stderr)
@@ -506,4 +511,4 @@ PASSTHROUGH = True  # `wanka simulate-gangs ARGS` calls main(ARGS): this module 
 
 
 def register(sub: Any) -> None:
-    sub.add_parser("simulate-gangs", help="synthetic multi-node gang workload on the spot fleet")
+    add_arguments(sub.add_parser("simulate-gangs", help="synthetic multi-node gang workload on the spot fleet"))
