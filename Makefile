@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 OPENB ?= ../shared/data/openb
 
-.PHONY: help venv binaries tools cluster-up cluster-down crds crds-check lint test test-unit test-integration chart-test kind-up kind-down demo sim
+.PHONY: help venv binaries tools cluster-up cluster-down crds crds-check docs lint test test-unit test-integration chart-test kind-up kind-down demo sim
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -30,17 +30,24 @@ cluster-up: venv binaries ## start the local control plane; kubeconfig in .wanka
 cluster-down: venv ## stop every process cluster-up started and remove its state
 	$(VPY) -m wanka.cli dev down --state-dir .wanka
 
-crds: venv ## regenerate crds/ (and the chart's copy) from the API models
+crds: venv ## regenerate crds/ (and the chart's copy) and docs/api.md from the API models
 	$(VPY) -m wanka.cli crds --out crds --out charts/wanka/crds
+	$(VPY) hack/api_reference.py
 
-crds-check: venv ## fail if crds/ is stale
+crds-check: venv ## fail if crds/ or docs/api.md is stale
 	$(VPY) -m wanka.cli crds --out crds --out charts/wanka/crds --check
+	$(VPY) hack/api_reference.py --check
 
-lint: venv ## ruff, import layering contract, mypy --strict, stale CRDs
+docs: venv ## regenerate the chart's README (values table) and docs/api.md
+	$(VPY) hack/chart_readme.py
+	$(VPY) hack/api_reference.py
+
+lint: venv ## ruff, import layering contract, mypy --strict, stale CRDs and generated docs
 	$(VENV)/bin/ruff check operator tests bench hack examples
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(MAKE) --no-print-directory crds-check
+	$(VPY) hack/chart_readme.py --check
 
 test-unit: venv ## the pure core, fast, no cluster
 	$(VPY) -m pytest tests/unit -q $(PYTEST_ARGS)
