@@ -32,22 +32,22 @@ cluster-down: venv ## stop every process cluster-up started and remove its state
 
 crds: venv ## regenerate crds/ (and the chart's copy) and docs/api.md from the API models
 	$(VPY) -m wanka.cli crds --out crds --out charts/wanka/crds
-	$(VPY) hack/api_reference.py
+	$(VPY) -m hack.api_reference
 
 crds-check: venv ## fail if crds/ or docs/api.md is stale
 	$(VPY) -m wanka.cli crds --out crds --out charts/wanka/crds --check
-	$(VPY) hack/api_reference.py --check
+	$(VPY) -m hack.api_reference --check
 
 docs: venv ## regenerate the chart's README (values table) and docs/api.md
-	$(VPY) hack/chart_readme.py
-	$(VPY) hack/api_reference.py
+	$(VPY) -m hack.chart_readme
+	$(VPY) -m hack.api_reference
 
 lint: venv ## ruff, import layering contract, mypy --strict, stale CRDs and generated docs
 	$(VENV)/bin/ruff check operator tests bench hack examples
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(MAKE) --no-print-directory crds-check
-	$(VPY) hack/chart_readme.py --check
+	$(VPY) -m hack.chart_readme --check
 
 test-unit: venv ## the pure core, fast, no cluster
 	$(VPY) -m pytest tests/unit -q $(PYTEST_ARGS)
