@@ -4,22 +4,25 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 OPENB ?= ../shared/data/openb
 
-.PHONY: help venv binaries tools cluster-up cluster-down crds crds-check docs lint test test-unit test-integration chart-test kind-up kind-down demo sim
+.PHONY: help venv lock binaries tools cluster-up cluster-down crds crds-check docs lint test test-unit test-integration chart-test kind-up kind-down demo sim
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet -e '.[test,sim,examples,dev]'
+	$(VPY) -m pip install --quiet -c constraints.txt -e '.[test,sim,examples,dev]'
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-venv: $(STAMP) ## create .venv and install Wanka with its test dependencies
+venv: $(STAMP) ## create .venv and install Wanka with its test dependencies, pinned by constraints.txt
+
+lock: ## re-resolve every dependency and rewrite constraints.txt (then commit it)
+	PY=$(PY) bash hack/lock.sh
 
 binaries: ## build (or reuse) kube-apiserver, controller-manager, etcd and kwok from Go modules
 	@bash hack/build-binaries.sh
