@@ -54,18 +54,34 @@ SCHEDULE_SECONDS = Histogram(
     ["pool"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1),
 )
+LEADER_ELECTION_ERRORS = Counter(
+    "wanka_leader_election_errors_total",
+    "Leader election attempts that failed with an error (the next attempt follows)",
+)
+
+
+def _always() -> bool:
+    return True
 
 
 class PoolCollector(Collector):
     """Pool and queue gauges read at scrape time from the latest summaries and the cache's jobs
-    (no stale series)."""
+    (no stale series), and only on the leader: a standby's summaries are whatever it saw when it
+    last led."""
 
     def __init__(self, source: Callable[[], Mapping[str, PoolSummary]],
+                 leader: Callable[[], bool] = _always,
                  depth: Callable[[], Mapping[tuple[str, str], int]] = dict) -> None:
         self.source = source
+        self.leader = leader
         self.depth = depth
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        leading = self.leader()
+        yield GaugeMetricFamily("wanka_leader", "1 when this replica acts (holds the lease or runs alone)",
+                                value=1.0 if leading else 0.0)
+        if not leading:
+            return
         pools = self.source()
         capacity = GaugeMetricFamily("wanka_pool_gpus_capacity", "GPUs of a pool, whatever their state",
                                      labels=["pool"])
@@ -107,8 +123,9 @@ class PoolCollector(Collector):
 
 def register_pool_collector(
     source: Callable[[], Mapping[str, PoolSummary]], registry: CollectorRegistry = REGISTRY,
+    leader: Callable[[], bool] = _always,
     depth: Callable[[], Mapping[tuple[str, str], int]] = dict,
 ) -> PoolCollector:
-    collector = PoolCollector(source, depth)
+    collector = PoolCollector(source, leader, depth)
     registry.register(collector)
     return collector

@@ -43,11 +43,8 @@ def test_bad_objects_fail_only_themselves(cluster: Cluster, namespace: str, oper
                                              "quotas": [{"pool": fleet.pool + "x", "gpus": 64}]}})
     make_job(cluster, namespace, fleet, "no-quota", replicas=1, gpus=8, queue=typo)
     # A template whose container field has the wrong type (the schema keeps unknown fields).
-    bad = make_job(cluster, namespace, fleet, "bad-template", replicas=1, gpus=8)
-    cluster.custom.patch_namespaced_custom_object(
-        "wanka.io", "v1alpha1", namespace, "trainingjobs", "bad-template",
-        {"spec": {"template": {"spec": {"containers": [{"name": "train", "image": "x", "resources": "lots"}]}}}})
-    assert bad["metadata"]["name"] == "bad-template"
+    make_job(cluster, namespace, fleet, "bad-template", replicas=1, gpus=8,
+             template={"spec": {"containers": [{"name": "train", "image": "x", "resources": "lots"}]}})
     # Node annotations of the right syntax and the wrong shape, on two of the pool's nodes.
     for node, value in zip(fleet.nodes, ('[]', '{"3": "x", "4": []}'), strict=False):
         cluster.core.patch_node(node, {"metadata": {"annotations": {"wanka.io/gpu-health": value,
@@ -106,7 +103,8 @@ def test_dead_kubelet_does_not_hold_a_gang_or_a_deletion(
     cluster: Cluster, namespace: str, operator: OperatorProcess,
 ) -> None:
     fleet = make_fleet(cluster, namespace, nodes=2, racks=1)
-    make_job(cluster, namespace, fleet, "stuck", replicas=1, gpus=8, labels={"wanka.io/sim-stop": "never"})
+    make_job(cluster, namespace, fleet, "stuck", replicas=1, gpus=8, labels={"wanka.io/sim-stop": "never"},
+             restartPolicy={"backoffSeconds": 0, "maxBackoffSeconds": 0})
     cluster.custom.patch_namespaced_custom_object(
         "wanka.io", "v1alpha1", namespace, "trainingjobs", "stuck",
         {"spec": {"template": {"spec": {"terminationGracePeriodSeconds": 2}}}})
@@ -119,7 +117,9 @@ def test_dead_kubelet_does_not_hold_a_gang_or_a_deletion(
     # The old pod is forced out once its grace period is over (no kubelet will confirm it).
     wait_for(lambda: not [p for p in pods(cluster, namespace, "stuck") if p.spec.node_name == first], 20,
              what="the pod on the dead node force-deleted")
-    # Deleting the job is not held by its never-stopping pod either.
+    # The second node's kubelet dies too; deleting the job is not held by its never-stopping pod.
+    second = job(cluster, namespace, "stuck")["status"]["placement"][0]["node"]
+    cluster.core.patch_node(second, {"metadata": {"labels": {"wanka.io/sim-fail": "not-ready"}}})
     cluster.delete("trainingjobs", "stuck", namespace)
 
     def gone() -> bool:
@@ -157,3 +157,17 @@ def test_refused_pods_surface_release_and_back_off(
     make_job(cluster, namespace, fleet, "takes-it", replicas=1, gpus=8)
     wait_running(cluster, namespace, "takes-it", 20)
     assert not live_pods(cluster, namespace, "refused")
+
+
+def test_a_queue_naming_a_missing_pool_says_so(cluster: Cluster, namespace: str, operator: OperatorProcess) -> None:
+    name = f"missing-{uuid.uuid4().hex[:6]}"
+    cluster.create("tenantqueues", {"apiVersion": "wanka.io/v1alpha1", "kind": "TenantQueue",
+                                    "metadata": {"name": name},
+                                    "spec": {"namespaces": [namespace], "quotas": [{"pool": "nowhere", "gpus": 8}]}})
+
+    def ready() -> dict[str, Any] | None:
+        conds = (cluster.get("tenantqueues", name).get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == "Ready"), None)
+
+    cond = wait_for(ready, 15, what="queue Ready condition")
+    assert cond["status"] == "False" and cond["reason"] == "PoolNotFound" and "nowhere" in cond["message"]

@@ -31,11 +31,11 @@ def _whole_gangs(cluster: Cluster, namespace: str, names: list[str], replicas: i
 
 def test_kill_storm_while_thirty_gangs_arrive(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
     rng = random.Random(7)
+    op = OperatorProcess(cluster, tmp_path)
+    op.start()
     fleet = make_fleet(cluster, namespace, nodes=16, racks=2)
     names = [f"g{i:02d}" for i in range(30)]
     kills = 0
-    op = OperatorProcess(cluster, tmp_path)
-    op.start()
 
     def kill_and_restart(after: float) -> OperatorProcess:
         """SIGKILL at whatever line it is on, check the invariant, start a fresh operator."""

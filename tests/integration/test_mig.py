@@ -150,8 +150,9 @@ def test_busy_devices_are_never_repartitioned_and_impossible_mixes_are_explained
 def test_mig_gangs_are_charged_against_the_queues_quota(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
-    """A 1g.10gb instance is 1/7 of a GPU: a 0.3-GPU quota runs two and not a third. The queue's
-    borrowing limit is unset (no limit), so only the cohort's unused quota bounds it."""
+    """A 1g.10gb instance is 1/7 of a GPU rounded down, 0.142: a 0.3-GPU quota runs two and not a
+    third. The queue's borrowing limit is unset (no limit), so only the cohort's unused quota
+    bounds it."""
     fleet = mig_fleet(cluster, namespace, nodes=1, quota=0.3)
     with FakeMigManager(cluster, fleet.nodes):
         for name in ("m0", "m1"):
@@ -161,11 +162,11 @@ def test_mig_gangs_are_charged_against_the_queues_quota(
         make_job(cluster, namespace, fleet, "m2", replicas=1, resources={"migProfile": "1g.10gb"})
         cond = wait_for(lambda: (c := condition(cluster, namespace, "m2", "Admitted"))
                         and c["reason"] == "Quota" and c, 15, what="the third waits on quota")
-        assert "0.014 GPUs of unused quota" in cond["message"] and "needs 0.143" in cond["message"], cond
+        assert "0.016 GPUs of unused quota" in cond["message"] and "needs 0.142" in cond["message"], cond
         assert phase(cluster, namespace, "m2") == "Queued"
-        # The queue's status shows the same charge: two instances of 1/7 of a GPU.
+        # The queue's status shows the same charge: two instances of 0.142 GPU.
         wait_for(lambda: (cluster.get("tenantqueues", fleet.queue).get("status") or {}).get("usage")
-                 == [{"pool": fleet.pool, "gpus": 0.286}], 10, what="queue usage 0.286 GPU")
+                 == [{"pool": fleet.pool, "gpus": 0.284}], 10, what="queue usage 0.284 GPU")
 
 
 def test_a_restarted_mig_gang_avoids_the_node_that_failed_it(

@@ -8,6 +8,7 @@ from typing import Any
 from wanka.core.queueing import PoolQuota, QueueSpec, WithinQueue
 from wanka.core.requests import GangRequest, TopologyMode
 from wanka.core.snapshot import Allocation, Device, DeviceShare, Node, Snapshot
+from wanka.units import mig_share_milli
 
 LEVELS = ("wanka.io/nvlink-domain", "wanka.io/rack", "wanka.io/spine")
 GIB = 1024
@@ -121,12 +122,29 @@ class NodeBuilder:
             self._devices[i].healthy = False
         return self
 
+    def mig(self, index: int, *instances: str) -> NodeBuilder:
+        """Partition device `index`: `.mig(0, "3g.40gb@0", "4g.40gb@4")`."""
+        self._devices[index].mig = {int(s): p for p, s in (i.split("@") for i in instances)}
+        return self
+
+    def mig_all(self, *instances: str) -> NodeBuilder:
+        """Partition every device alike: `.mig_all(*ones(7))` gives 7 x 1g.10gb each."""
+        for d in self._devices:
+            self.mig(d.index, *instances)
+        return self
+
+    def settling(self) -> NodeBuilder:
+        """A new MIG geometry is still being applied on every device."""
+        for d in self._devices:
+            d.mig_settling = True
+        return self
+
     def obj(self) -> Node:
         return Node(
             self._name,
             self._cpu,
             self._mem,
-            devices=[replace(d) for d in self._devices],
+            devices=[replace(d, mig=dict(d.mig), mig_held=set(d.mig_held)) for d in self._devices],
             labels=dict(self._labels),
             topology=self._topology,
             schedulable=self._schedulable,
@@ -174,6 +192,19 @@ def occupy(snap: Snapshot, owner: str, node: str, *indices: int, milli: int = 10
     snap.apply(
         Allocation(owner, member, node, devices=tuple(DeviceShare(i, milli) for i in indices))
     )
+
+
+def ones(n: int, profile: str = "1g.10gb") -> list[str]:
+    """n instances of a one-slice profile at starts 0..n-1, for `NodeBuilder.mig`."""
+    return [f"{profile}@{i}" for i in range(n)]
+
+
+def hold(snap: Snapshot, owner: str, node: str, index: int, start: int) -> None:
+    """Put a running member of `owner` on the MIG instance at `start` of device `index`."""
+    profile = snap.node(node).devices[index].mig[start]
+    member = str(len(snap.allocations_of(owner)))
+    share = DeviceShare(index, mig_share_milli(profile), mig_start=start)
+    snap.apply(Allocation(owner, member, node, devices=(share,)))
 
 
 class QueueBuilder:

@@ -12,8 +12,17 @@ from wanka.core.gang import place_gang
 from wanka.core.queueing import Admit, Preempt, SchedulerConfig, schedule
 from wanka.core.requests import GangRequest
 from wanka.core.snapshot import Allocation, DeviceShare, Snapshot
+from wanka.units import mig_share_milli
 
 MODELS = ("H100-80GB", "A100-80GB")
+# MIG geometries both models accept (device 0 of some nodes is carved into one of them).
+GEOMETRIES = (
+    tuple(f"1g.10gb@{s}" for s in range(7)),
+    ("3g.40gb@0", "3g.40gb@4"),
+    ("7g.80gb@0",),
+    ("1g.10gb@0", "1g.10gb@1", "1g.10gb@2", "1g.10gb@3", "3g.40gb@4"),
+)
+PROFILES = ("1g.10gb", "3g.40gb", "7g.80gb")
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -34,6 +43,8 @@ def fleets(draw: st.DrawFn) -> Snapshot:
             b = b.sick(*sick)
         if draw(st.booleans()) and draw(st.booleans()) and draw(st.booleans()):
             b = b.unschedulable()
+        if draw(st.booleans()):
+            b = b.mig(0, *draw(st.sampled_from(GEOMETRIES)))
         nodes.append(b.obj())
     snap = Snapshot(nodes, levels=LEVELS)
     # background work: whole devices and slices
@@ -41,7 +52,11 @@ def fleets(draw: st.DrawFn) -> Snapshot:
         node = snap.node(draw(st.sampled_from(sorted(snap.nodes))))
         idx = draw(st.integers(0, len(node.devices) - 1))
         milli = draw(st.sampled_from((250, 500, 1000)))
-        alloc = Allocation(f"bg/{j}", "0", node.name, 1000, devices=(DeviceShare(idx, milli),))
+        share = DeviceShare(idx, milli)
+        if node.devices[idx].mig:
+            start, profile = draw(st.sampled_from(sorted(node.devices[idx].mig.items())))
+            share = DeviceShare(idx, mig_share_milli(profile), mig_start=start)
+        alloc = Allocation(f"bg/{j}", "0", node.name, 1000, devices=(share,))
         if snap.check(alloc) is None:
             snap.apply(alloc)
     return snap
@@ -49,7 +64,7 @@ def fleets(draw: st.DrawFn) -> Snapshot:
 
 @st.composite
 def gangs(draw: st.DrawFn, snap: Snapshot, owner: str = "ns/g") -> GangRequest:
-    form = draw(st.sampled_from(("whole", "share", "cpu")))
+    form = draw(st.sampled_from(("whole", "share", "cpu", "mig")))
     replicas = draw(st.integers(1, 6))
     names = sorted(snap.nodes)
     return GangRequest(
@@ -58,6 +73,7 @@ def gangs(draw: st.DrawFn, snap: Snapshot, owner: str = "ns/g") -> GangRequest:
         min_available=draw(st.one_of(st.none(), st.integers(1, replicas))),
         gpus=draw(st.sampled_from((1, 2, 4, 8))) if form == "whole" else 0,
         gpu_milli=draw(st.sampled_from((100, 250, 500))) if form == "share" else 0,
+        mig_profile=draw(st.sampled_from(PROFILES)) if form == "mig" else "",
         cpu_milli=draw(st.sampled_from((0, 1_000, 16_000))),
         models=frozenset(draw(st.lists(st.sampled_from(MODELS), max_size=1))),
         excluded_nodes=frozenset(draw(st.lists(st.sampled_from(names), max_size=2))),
@@ -74,7 +90,10 @@ def gangs(draw: st.DrawFn, snap: Snapshot, owner: str = "ns/g") -> GangRequest:
 def fingerprint(snap: Snapshot) -> object:
     return (
         {
-            n.name: (n.used_cpu_milli, tuple((d.used_milli, d.shares) for d in n.devices))
+            n.name: (
+                n.used_cpu_milli,
+                tuple((d.used_milli, d.shares, tuple(sorted(d.mig_held))) for d in n.devices),
+            )
             for n in snap.nodes.values()
         },
         dict(snap.allocations),
@@ -87,6 +106,14 @@ def assert_within_capacity(snap: Snapshot) -> None:
         assert 0 <= node.used_memory_mib <= node.memory_mib
         for d in node.devices:
             assert 0 <= d.used_milli <= 1000, (node.name, d)
+            assert d.mig_held <= set(d.mig), (node.name, d)
+    holders = [
+        (a.node, s.index, s.mig_start)
+        for a in snap.allocations.values()
+        for s in a.devices
+        if s.mig_start is not None
+    ]
+    assert len(holders) == len(set(holders)), "a MIG instance is held twice"
 
 
 @SETTINGS
@@ -120,6 +147,11 @@ def test_gang_whole_or_nothing_and_constraints(data: st.DataObject) -> None:
             assert (a.node, share.index) not in req.excluded_devices
             if req.whole_gpus:
                 assert pre_healthy[(a.node, share.index)], "whole device was not idle"
+                assert not dev.mig, "a whole device was taken from a MIG-partitioned one"
+            if req.mig_profile:
+                assert share.mig_start is not None and dev.mig[share.mig_start] == req.mig_profile
+            else:
+                assert share.mig_start is None and not dev.mig
             models.add(dev.model)
     if req.whole_gpus or req.share_milli:
         assert len(models) == 1, "a gang mixes GPU models"

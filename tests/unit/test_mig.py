@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from wanka.cluster.mig import MigNode, pick_instances, plan_repartitions
+from tests.unit.builders import hold, make_job, make_node, make_snapshot, ones
 from wanka.core.mig import (
     MIG_MODELS,
     MigDevice,
     MigInstance,
+    MigWait,
     maximal_geometries,
     mig_model,
     plan_mig,
+    plan_repartitions,
     validate_geometry,
 )
+from wanka.core.snapshot import Allocation, Node, Snapshot
 
 
 def geo(*items: str, busy: bool = False) -> tuple[MigInstance, ...]:
@@ -186,42 +189,78 @@ def test_plan_counts_instances_still_being_applied_and_leaves_that_device_alone(
     assert alone.changes == () and alone.unserved == {"7g.80gb": 1}
 
 
-def test_repartitions_skip_a_node_whose_change_is_in_flight_but_count_its_instances() -> None:
-    four_and_three = geo("1g.10gb@0", "1g.10gb@1", "1g.10gb@2", "1g.10gb@3", "3g.40gb@4")
-    nodes = {
-        "a": MigNode("a", H100, 8, {0: four_and_three}, ready=False),
-        "b": MigNode("b", H100, 8, {}),
-    }
-    changes, reasons = plan_repartitions(nodes, {"1g.10gb": 10}, ["1g.10gb", "3g.40gb", "7g.80gb"])
-    assert reasons == []
-    assert [c.node for c in changes] == ["b"]
-    (change,) = changes
-    assert list(change.geometry) == [0], "one more device covers the 6 not in flight"
-    assert sum(1 for i in change.geometry[0] if i.profile == "1g.10gb") >= 6
+# --- the planner over a pool's snapshot (what the operator calls after a cycle) ------------
 
 
-def _mig_node(name: str, rack: str, free_1g: int, ready: bool = True) -> MigNode:
-    instances = tuple(MigInstance("1g.10gb", i) for i in range(free_1g))
-    return MigNode(name, H100, 8, {0: instances}, ready=ready, labels={"wanka.io/rack": rack})
+def _pool(*nodes: Node) -> Snapshot:
+    return make_snapshot(list(nodes), levels=())
 
 
-def test_pick_instances_skips_excluded_and_settling_nodes_and_packs_few_nodes() -> None:
-    nodes = {"a": _mig_node("a", "r1", 1), "b": _mig_node("b", "r1", 3), "c": _mig_node("c", "r2", 7, ready=False)}
-    picks, why = pick_instances(nodes, "1g.10gb", 3)
-    assert why == "" and {n for n, _, _ in picks} == {"b"}, "three on one node rather than two"
-    picks, why = pick_instances(nodes, "1g.10gb", 3, excluded={"b"})
-    assert picks == [] and "1 free 1g.10gb" in why, "the node that failed the job is avoided"
-    assert pick_instances(nodes, "3g.40gb", 1)[0] == []
+def test_repartitions_idle_devices_for_blocked_gangs_and_says_where() -> None:
+    snap = _pool(make_node("a").gpus(2).obj())
+    plan = plan_repartitions(snap, [make_job("j").mig("1g.10gb").replicas(3).obj()], ["1g.10gb"])
+    (change,) = plan.changes
+    assert change.node == "a" and change.devices == 2 and list(change.geometry) == [0]
+    assert sum(i.profile == "1g.10gb" for i in change.geometry[0]) >= 3
+    assert plan.waits["ns/j"] == MigWait(
+        "MIGRepartitioning", "waiting for the MIG manager on a to create 1g.10gb instances"
+    )
 
 
-def test_pick_instances_honours_topology() -> None:
-    nodes = {"a": _mig_node("a", "r1", 2), "b": _mig_node("b", "r2", 3), "c": _mig_node("c", "r2", 1)}
-    rack = "wanka.io/rack"
-    picks, _ = pick_instances(nodes, "1g.10gb", 2, level=rack, required=True)
-    assert {n for n, _, _ in picks} == {"a"}, "the tightest rack that holds the gang"
-    picks, _ = pick_instances(nodes, "1g.10gb", 4, level=rack, required=True)
-    assert {n for n, _, _ in picks} == {"b", "c"}
-    picks, why = pick_instances(nodes, "1g.10gb", 5, level=rack, required=True)
-    assert picks == [] and "the best wanka.io/rack has 4 free" in why and "of 6 free" in why
-    picks, _ = pick_instances(nodes, "1g.10gb", 5, level=rack, required=False)
-    assert len(picks) == 5, "Preferred spans racks when no single one holds the gang"
+def test_a_changed_node_keeps_the_geometry_of_its_busy_devices() -> None:
+    snap = _pool(make_node("a").gpus(2).mig(0, *ones(7)).obj())
+    for start in range(7):
+        hold(snap, "ns/busy", "a", 0, start)
+    plan = plan_repartitions(snap, [make_job("j").mig("7g.80gb").obj()])
+    (change,) = plan.changes
+    assert change.geometry[0] == geo(*ones(7)), "the busy device keeps its instances"
+    assert change.geometry[1] == geo("7g.80gb@0")
+
+
+@pytest.mark.parametrize(
+    ("node", "want_reason"),
+    [
+        (make_node("a").gpus(1).unschedulable().obj(), "no schedulable node with a MIG-capable GPU"),
+        (make_node("a").gpus(1).sick(0).obj(), "1 unhealthy"),
+        (make_node("a").gpus(1).mig(0, "7g.80gb@0").obj(), "1 with running work"),
+        (make_node("a").gpus(1, model="A10").obj(), "no schedulable node with a MIG-capable GPU"),
+    ],
+    ids=["cordoned", "sick device", "busy device", "no MIG model"],
+)
+def test_nothing_is_repartitioned_where_nothing_may_be_placed(node: Node, want_reason: str) -> None:
+    snap = _pool(node)
+    if snap.node("a").devices[0].mig:
+        hold(snap, "ns/busy", "a", 0, 0)
+    plan = plan_repartitions(snap, [make_job("j").mig("1g.10gb").obj()])
+    assert plan.changes == ()
+    assert plan.waits["ns/j"].cause == "MIGUnserved"
+    assert want_reason in plan.waits["ns/j"].reason
+
+
+def test_free_instances_on_an_excluded_node_do_not_count_for_that_gang() -> None:
+    snap = _pool(make_node("a").gpus(1).mig(0, *ones(7)).obj(), make_node("b").gpus(1).obj())
+    plan = plan_repartitions(snap, [make_job("j").mig("1g.10gb").exclude_nodes("a").obj()])
+    assert [c.node for c in plan.changes] == ["b"]
+    assert plan.waits["ns/j"].cause == "MIGRepartitioning"
+
+
+def test_a_gang_with_free_instances_keeps_the_cycles_reason() -> None:
+    """Free instances exist (the gang waits on topology, CPU or a reservation): no change."""
+    snap = _pool(make_node("a").gpus(1).mig(0, *ones(7)).obj(), make_node("b").gpus(1).obj())
+    plan = plan_repartitions(snap, [make_job("j").mig("1g.10gb").replicas(2).obj()])
+    assert plan.changes == () and plan.waits == {}
+
+
+def test_settling_and_whole_gpu_nodes_are_left_alone_but_count_as_supply() -> None:
+    snap = _pool(
+        make_node("a").gpus(1).mig(0, *ones(7)).settling().obj(),
+        make_node("b").gpus(2).obj(),
+    )
+    snap.apply(Allocation("pod:ns/other", "0", "b", opaque_gpus=1))  # another scheduler's GPU pod
+    first, second = make_job("j").mig("1g.10gb").replicas(7).obj(), make_job("k").mig("1g.10gb").obj()
+    plan = plan_repartitions(snap, [first, second])
+    assert plan.changes == ()
+    assert plan.waits["ns/j"] == MigWait(
+        "MIGRepartitioning", "waiting for the MIG manager on a to create 1g.10gb instances"
+    )
+    assert plan.waits["ns/k"].cause == "MIGUnserved", "the 8th instance has nowhere to come from"

@@ -8,6 +8,7 @@ from tests.unit.test_translate_accounting import node, pod
 from wanka.cluster.cache import FleetCache
 from wanka.cluster.ledger import raw_ledger
 from wanka.cluster.pools import PoolReconciler
+from wanka.core.snapshot import DeviceShare
 
 POOL = {"apiVersion": "wanka.io/v1alpha1", "kind": "GPUPool",
         "metadata": {"name": "p", "generation": 1, "resourceVersion": "1"},
@@ -67,13 +68,19 @@ def test_a_bound_member_and_its_reservation_are_one_allocation() -> None:
     assert not any(c["type"] == "Overcommitted" and c["status"] == "True" for c in status["conditions"])
 
 
-def test_finished_queued_and_mig_jobs_hold_nothing() -> None:
+def test_finished_and_queued_jobs_hold_nothing() -> None:
     placed = [{"replica": 0, "node": "n1", "devices": list(range(8))}]
     for phase in ("Succeeded", "Failed", "Queued", "Restarting"):
         assert raw_ledger(training_job("a", phase, placed)) == []
-    mig = training_job("m", "Admitted", [{"replica": 0, "node": "n1", "devices": [0], "migStart": 0}])
-    assert raw_ledger(mig) == []
     garbled = training_job("g", "Admitted", [{"replica": -1, "node": "n1"}])
     assert raw_ledger(garbled) == [], "an unreadable status holds nothing and raises nothing"
-    status = run([training_job("a", "Succeeded", placed), mig, garbled], [])
+    status = run([training_job("a", "Succeeded", placed), garbled], [])
     assert status["gpus"]["allocated"] == 0
+
+
+def test_a_mig_reservation_holds_its_instance_at_the_quota_share() -> None:
+    mig = training_job("m", "Admitted", [{"replica": 0, "node": "n1", "devices": [2], "migStart": 4}])
+    mig["spec"]["resources"] = {"migProfile": "3g.40gb"}
+    (alloc,) = raw_ledger(mig)
+    assert alloc.devices == (DeviceShare(2, 428, mig_start=4),)
+    assert alloc.cpu_milli == 4000

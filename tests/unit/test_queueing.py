@@ -161,6 +161,25 @@ def case_no_queue() -> Case:
     )
 
 
+def case_no_quota_with_preemption() -> Case:
+    """A queue without quota on the pool waits on Quota; it never stops the cycle."""
+    snap = pool(1)
+    low = run(snap, make_job("low").queue("other").gpus(4).running(0).obj())
+    return Case(
+        "no quota on the pool, preemption on: a Quota wait, the rest still decided",
+        snap,
+        [make_queue("q").quota("elsewhere", 8).obj(), big_queue("other")],
+        [
+            make_job("typo").priority(100).gpus(4).created(0).obj(),
+            make_job("fine").queue("other").gpus(4).created(1).obj(),
+        ],
+        running=[low],
+        want_admitted=["ns/fine"],
+        want_wait={"ns/typo": "Quota"},
+        want_reason={"ns/typo": "queue q has no quota on pool p"},
+    )
+
+
 def case_fraction_usage() -> Case:
     snap = pool(1, gpus=2)
     slices = run(snap, make_job("s").replicas(4).milli(250).running(0).obj())
@@ -315,6 +334,7 @@ CASES = [
     case_borrow(),
     case_borrow_limit(),
     case_no_queue(),
+    case_no_quota_with_preemption(),
     case_fraction_usage(),
     case_preempt_least_lost(),
     case_preempt_no_more_than_needed(),

@@ -92,7 +92,7 @@ class TenantQueueStatus(WankaModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=32,
-        description="Conditions of the queue.",
+        description="Ready: False (PoolNotFound) while a quota names a pool that does not exist.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
 

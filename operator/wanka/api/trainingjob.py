@@ -16,6 +16,7 @@ from wanka.api.common import (
     cel,
 )
 from wanka.api.gpupool import MIG_PROFILE_PATTERN
+from wanka.units import WHOLE, fraction_milli, mig_share_milli
 
 # Pod hostnames are "<job>-<replica>" under a headless Service named "<job>": both are DNS
 # labels (63 characters), and the replica index takes up to 5 ("-4095").
@@ -78,13 +79,14 @@ class Resources(WankaModel):
 
     @property
     def gpu_milli(self) -> int:
-        """Per-replica demand in milli-GPU (whole devices count 1000 each; a MIG instance its
-        compute slices out of 7, so 1g.10gb counts 143)."""
+        """Per-replica demand in milli-GPU, as `wanka.units` defines it for every layer (whole
+        devices count 1000 each; a MIG instance its compute slices out of 7, rounded down, so
+        1g.10gb counts 142)."""
         if self.gpu_fraction is not None:
-            return max(1, round(self.gpu_fraction * 1000))
+            return fraction_milli(self.gpu_fraction)
         if self.mig_profile:
-            return round(int(self.mig_profile.split("g.", 1)[0]) * 1000 / 7)
-        return (self.gpus or 0) * 1000
+            return mig_share_milli(self.mig_profile)
+        return (self.gpus or 0) * WHOLE
 
 
 class Container(WankaModel):

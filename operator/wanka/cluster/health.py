@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from wanka.cluster.cache import FleetCache
+from wanka.cluster.fence import Fence, NotLeader, check
 from wanka.cluster.pools import parse_spec
 from wanka.cluster.translate import labels
 from wanka.core.health import (
@@ -54,10 +55,12 @@ class ApiNodePatcher:
     is why the view must be fresh.
     """
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, fence: Fence | None = None) -> None:
         self.core = client.CoreV1Api(api)
+        self.fence = fence
 
     def patch_node(self, name: str, body: Mapping[str, Any]) -> None:
+        check(self.fence, f"patch node {name}")
         self.core.patch_node(name, dict(body))
 
 
@@ -118,6 +121,8 @@ class HealthReconciler:
         for n in list(nodes):
             try:
                 decisions[n["metadata"]["name"]] = step(read_record(n), observe_node(n), policy, now)
+            except NotLeader:
+                raise  # this replica must stop writing altogether
             except Exception as exc:  # one node's malformed annotations fail that node only
                 self._node_error(n, exc)
         nodes = [n for n in nodes if n["metadata"]["name"] in decisions]
@@ -142,6 +147,8 @@ class HealthReconciler:
                 if exc.status not in (404, 409):
                     self._node_error(node, exc)
                 # A stale view (409) or a vanished node: the watch brings news, the next pass retries.
+            except NotLeader:
+                raise  # this replica must stop writing altogether
             except Exception as exc:
                 self._node_error(node, exc)
 

@@ -10,6 +10,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from wanka.api.common import GROUP, VERSION
+from wanka.cluster.fence import Fence, check
 
 log = logging.getLogger(__name__)
 FINALIZER = "wanka.io/finalizer"
@@ -22,8 +23,9 @@ class Conflict(Exception):
 class JobIO:
     """Creates, binds and deletes what a job owns; patches its status with preconditions."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, fence: Fence | None = None) -> None:
         self.api = api
+        self.fence = fence
         self.core = client.CoreV1Api(api)
         self.rbac = client.RbacAuthorizationV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -31,6 +33,7 @@ class JobIO:
     # --- the job itself ------------------------------------------------------------------
     def patch_status(self, ns: str, name: str, version: str | None, status: Mapping[str, Any]) -> str:
         """Merge-patch status only if the job is still at `version`; returns the new version."""
+        check(self.fence, f"patch status of {ns}/{name}")
         body: dict[str, Any] = {"status": dict(status)}
         if version:
             body["metadata"] = {"resourceVersion": version}
@@ -44,6 +47,7 @@ class JobIO:
         return str(out["metadata"]["resourceVersion"])
 
     def set_finalizers(self, ns: str, name: str, version: str | None, finalizers: list[str]) -> None:
+        check(self.fence, f"set finalizers of {ns}/{name}")
         body = {"metadata": {"finalizers": finalizers, "resourceVersion": version}}
         try:
             self.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", name, body)
@@ -56,6 +60,7 @@ class JobIO:
     def ensure(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
         """Create `obj` unless it exists already (by name); a created Pod is returned as the API
         stored it (for the cache to assume), anything else as None."""
+        check(self.fence, f"create {obj['kind']} {obj['metadata']['name']}")
         ns = obj["metadata"]["namespace"]
         kind = obj["kind"]
         try:
@@ -81,6 +86,7 @@ class JobIO:
 
     def bind(self, ns: str, pod: str, node: str) -> str | None:
         """Bind through pods/binding. None when bound (now or before); else why it failed."""
+        check(self.fence, f"bind {ns}/{pod}")
         body = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod, "namespace": ns},
                 "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
         try:
@@ -94,6 +100,7 @@ class JobIO:
         return None
 
     def delete_pod(self, ns: str, name: str, grace: int | None = None) -> None:
+        check(self.fence, f"delete pod {ns}/{name}")
         try:
             self.core.delete_namespaced_pod(name, ns, grace_period_seconds=grace)
         except ApiException as exc:
@@ -110,6 +117,7 @@ class JobIO:
 
     def put_configmap(self, ns: str, name: str, data: Mapping[str, str]) -> None:
         """Create the ConfigMap or merge `data` into it."""
+        check(self.fence, f"write ConfigMap {ns}/{name}")
         try:
             self.core.patch_namespaced_config_map(name, ns, {"data": dict(data)})
         except ApiException as exc:
@@ -118,6 +126,7 @@ class JobIO:
             self.core.create_namespaced_config_map(ns, {"metadata": {"name": name}, "data": dict(data)})
 
     def patch_node(self, name: str, body: Mapping[str, Any]) -> None:
+        check(self.fence, f"patch node {name}")
         try:
             self.core.patch_node(name, dict(body))
         except ApiException as exc:
@@ -127,6 +136,7 @@ class JobIO:
 
     def delete_owned(self, ns: str, job: str, names: Mapping[str, str]) -> None:
         """Delete the Service, checkpoint objects and RBAC of a job (404 is fine)."""
+        check(self.fence, f"delete what {ns}/{job} owns")
         calls = {
             "Service": self.core.delete_namespaced_service,
             "ServiceAccount": self.core.delete_namespaced_service_account,

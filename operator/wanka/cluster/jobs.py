@@ -33,14 +33,14 @@ from wanka.api.gpupool import GPUPoolSpec
 from wanka.api.tenantqueue import TenantQueueSpec
 from wanka.api.trainingjob import (
     LastCheckpoint,
-    ReplicaPlacement,
     TrainingJobSpec,
     TrainingJobStatus,
 )
 from wanka.cluster.cache import FleetCache
 from wanka.cluster.cache import version as version_of
+from wanka.cluster.fence import NotLeader
 from wanka.cluster.jobio import FINALIZER, Conflict, JobIO
-from wanka.cluster.ledger import ledger_allocations
+from wanka.cluster.ledger import ledger_allocations, placement_of
 from wanka.cluster.manifests import (
     ATTEMPT_LABEL,
     checkpoint_configmap_name,
@@ -49,20 +49,8 @@ from wanka.cluster.manifests import (
     service_account_name,
     service_manifest,
 )
-from wanka.cluster.mig import CONFIG_LABEL as MIG_CONFIG_LABEL
-from wanka.cluster.mig import CONFIGMAP_KEY as MIG_CONFIGMAP_KEY
-from wanka.cluster.mig import CONFIGMAP_NAME as MIG_CONFIGMAP
-from wanka.cluster.mig import GEOMETRY_ANNOTATION as MIG_GEOMETRY_ANNOTATION
 from wanka.cluster.mig import INSTANCE_ANNOTATION as MIG_INSTANCE_ANNOTATION
-from wanka.cluster.mig import (
-    Repartition,
-    encode_geometry,
-    merge_configmap,
-    mig_nodes,
-    pick_instances,
-    plan_repartitions,
-    render_config,
-)
+from wanka.cluster.mig import MigRepartitioner
 from wanka.cluster.mig import resource_for as mig_resource
 from wanka.cluster.pools import parse_spec
 from wanka.cluster.translate import (
@@ -77,21 +65,21 @@ from wanka.cluster.translate import (
 )
 from wanka.core import lifecycle
 from wanka.core.lifecycle import ACTIVE, JobFacts, NodeFacts, PodFacts, VictimFacts
-from wanka.core.mig import Geometry, mig_model
+from wanka.core.mig import plan_repartitions
 from wanka.core.queueing import (
     Admit,
+    Decision,
     PoolQuota,
     Preempt,
     QueueSpec,
-    QuotaBook,
     SchedulerConfig,
+    ScheduleResult,
     Wait,
-    fair_order,
     schedule,
 )
 from wanka.core.requests import GangRequest, InvalidRequest
 from wanka.core.sharing import FragmentationAwareShares, workload_of
-from wanka.core.snapshot import WHOLE, Allocation
+from wanka.core.snapshot import WHOLE, Allocation, Snapshot
 from wanka.metrics import (
     BINDS,
     GANG_RESTARTS,
@@ -265,7 +253,7 @@ def job_request(job: Job, pool: GPUPoolSpec, resuming: bool, placed: bool = Fals
     gpus = res.gpus or 0
     milli = 0
     if res.gpu_fraction is not None:
-        gpus, milli = 0, max(1, round(res.gpu_fraction * WHOLE))
+        gpus, milli = 0, res.gpu_milli
     created = ts(job.raw["metadata"].get("creationTimestamp")) or 0.0
     checkpoint = job.status.last_checkpoint
     return GangRequest(
@@ -325,8 +313,7 @@ class JobReconciler:
     clock: Callable[[], float] = time.time
     status_writer: Any = None  # StatusWriter for TenantQueue status
     mig_namespace: str = "default"  # where the mig-parted ConfigMap lives
-    # MIG changes we sent but the watch has not brought back: node -> (version, geometry).
-    _mig_sent: dict[str, tuple[str | None, dict[int, Geometry]]] = field(default_factory=dict)
+    _mig: MigRepartitioner = field(default_factory=MigRepartitioner)
 
     # --- reading the cache ---------------------------------------------------------------
     def _jobs(self) -> list[Job]:
@@ -445,6 +432,8 @@ class JobReconciler:
                     pending.setdefault(job.spec.pool, []).append(job)
             except Conflict:
                 continue
+            except NotLeader:
+                raise  # this replica must stop writing altogether
             except Exception as exc:  # one job's trouble must never stall the others
                 self._isolate(job, exc)
         by_key = {j.key: j for j in jobs}
@@ -452,6 +441,8 @@ class JobReconciler:
             try:
                 ready = self._nominations(waiting, by_key, nodes, now)
                 self._schedule_pool(pool_name, pools.get(pool_name), ready, jobs, queues, now)
+            except NotLeader:
+                raise  # this replica must stop writing altogether
             except Exception as exc:
                 RECONCILE_ERRORS.labels("gpupool").inc()
                 log.exception("admission in pool %s failed; the other pools go on", pool_name)
@@ -464,6 +455,9 @@ class JobReconciler:
 
     def _isolate(self, job: Job, exc: Exception) -> None:
         """Record one job's failure on the job itself; never let it escape the pass."""
+        if isinstance(exc, Conflict):
+            log.info("job %s changed under us (%s); the next pass decides again", job.key, exc)
+            return
         RECONCILE_ERRORS.labels("trainingjob").inc()
         reason, message = describe_error(exc)
         log.warning("job %s: %s (%s); the other jobs go on", job.key, message, reason,
@@ -602,9 +596,6 @@ class JobReconciler:
             for job in waiting:
                 self._wait(job, "NoPool", f"GPUPool {pool_name} does not exist or is invalid")
             return
-        if pool.sharing.mode == "MIG":
-            self._schedule_mig(pool_name, pool, waiting, jobs, queues, now)
-            return
         requests: list[GangRequest] = []
         for job in waiting:
             assert job.spec is not None
@@ -617,6 +608,8 @@ class JobReconciler:
                     requests.append(job_request(job, pool, resuming=job.status.restarts > 0))
                 except InvalidRequest as exc:
                     self._wait(job, "InvalidRequest", str(exc))
+            except NotLeader:
+                raise  # this replica must stop writing altogether
             except Exception as exc:  # this job's trouble only
                 self._isolate(job, exc)
         active = [j for j in jobs if j.spec is not None and j.spec.pool == pool_name
@@ -624,6 +617,8 @@ class JobReconciler:
         ledger = [a for j in active for a in reservations(j)]
         view = build_pool_snapshot(pool, self.cache.store("nodes").values(),
                                    self.cache.store("pods").values(), ledger)
+        if pool.sharing.mode == "MIG":
+            self._mig.settle(view.snapshot, lambda name: self.cache.store("nodes").get("", name))
         running = [job_request(j, pool, resuming=False, placed=True) for j in active]
         queue_specs = core_queues(queues)
         if not requests:
@@ -636,6 +631,9 @@ class JobReconciler:
         result = schedule(view.snapshot, queue_specs, requests, running, now,
                           config=SchedulerConfig(slice_policy=shares))
         SCHEDULE_SECONDS.labels(pool_name).observe(time.perf_counter() - started)
+        decisions = result.decisions
+        if pool.sharing.mode == "MIG":
+            decisions = self._repartition(view.snapshot, result, requests, pool)
         by_key = {j.key: j for j in jobs}
         victims: dict[str, list[Preempt]] = {}
         for decision in result.decisions:
@@ -644,7 +642,7 @@ class JobReconciler:
         # A preemptor records its victims before any of them is stopped: a crash in between
         # leaves a nomination the next pass carries out, never victims without a preemptor.
         nominated: set[str] = set()
-        for decision in result.decisions:
+        for decision in decisions:
             target = by_key.get(decision.owner)
             if target is None or isinstance(decision, Preempt):
                 continue
@@ -652,6 +650,8 @@ class JobReconciler:
                 self._apply_decision(target, decision, now, [v.owner for v in victims.get(decision.owner, [])])
                 if isinstance(decision, Wait) and decision.owner in victims:
                     nominated.add(decision.owner)
+            except NotLeader:
+                raise  # this replica must stop writing altogether
             except Exception as exc:  # this job's trouble only
                 self._isolate(target, exc)
         nodes = {n["metadata"]["name"]: n for n in self.cache.store("nodes").values()}
@@ -664,6 +664,8 @@ class JobReconciler:
                     self._apply(victim, lifecycle.preempt(
                         victim.facts(), [pod_facts(p) for p in victim.pods], self._nodes_of(victim, nodes),
                         now, f"preempted by {decision.preemptor}: {decision.reason}"))
+                except NotLeader:
+                    raise  # this replica must stop writing altogether
                 except Exception as exc:
                     self._isolate(victim, exc)
 
@@ -674,137 +676,30 @@ class JobReconciler:
         elif isinstance(decision, Wait):
             self._wait(job, decision.cause, decision.reason, victims if decision.cause == "Preempting" else None)
 
-    def _schedule_mig(
-        self, pool_name: str, pool: GPUPoolSpec, waiting: list[Job], jobs: list[Job],
-        queues: Mapping[str, tuple[TenantQueueSpec, dict[str, Any]]], now: float,
-    ) -> None:
-        """Admit MIG replicas onto free instances; repartition idle devices for the rest."""
-        node_objs = [n for n in self.cache.store("nodes").values()
-                     if pool.node_selector.matches(dict(n["metadata"].get("labels") or {}))
-                     and node_ready(n) and not has_taint(n, UNHEALTHY_TAINT)]
-        active = [j for j in jobs if j.spec is not None and j.spec.pool == pool_name
-                  and j.status.phase in ACTIVE]
-        reserved = [(p.node, p.devices[0], p.mig_start) for j in active for p in j.status.placement
-                    if p.devices and p.mig_start is not None]
-        nodes = mig_nodes(node_objs, self.cache.store("pods").values(), reserved,
-                          pool.accelerator.resource_name,
-                          lambda n: pool.accelerator.model or n["metadata"].get("labels", {}).get(
-                              "wanka.io/gpu-model", ""))
-        for name, (version, geometry) in list(self._mig_sent.items()):
-            cached = self.cache.store("nodes").get("", name) or {}
-            if cached.get("metadata", {}).get("resourceVersion") != version:
-                del self._mig_sent[name]  # the watch caught up: the node itself says what it is
-            elif name in nodes:  # our change is not in the cache yet: plan as if it were
-                nodes[name].geometry, nodes[name].ready = dict(geometry), False
-        # Quotas charge MIG gangs the way the scheduling cycle charges every other pool:
-        # nominal quota, then borrowing from the cohort's unused quota up to the limit.
-        qspecs = core_queues(queues)
-        book = QuotaBook({q.name: q for q in qspecs})
-        for j in active:
-            assert j.spec is not None
-            book.charge(j.spec.queue, pool_name, j.spec.resources.gpu_milli * j.spec.replicas)
-        candidates: dict[str, tuple[Job, GangRequest]] = {}
-        for job in waiting:
-            why = self._unservable(job, pool_name, pool, queues)
-            if why:
-                self._wait(job, why[0], why[1])
-                continue
+    def _repartition(
+        self, snapshot: Snapshot, result: ScheduleResult, requests: list[GangRequest], pool: GPUPoolSpec,
+    ) -> tuple[Decision, ...]:
+        """Send the core planner's MIG changes for the gangs the cycle left waiting on capacity;
+        their waits then say MIGRepartitioning or MIGUnserved where the planner speaks for them."""
+        for admit in result.admitted:
+            for alloc in admit.placement.allocations:
+                if snapshot.check(alloc) is None:  # (a victim still holds what the cycle freed)
+                    snapshot.apply(alloc)  # taken this cycle: not free supply for the planner
+        by_owner = {r.owner: r for r in requests}
+        blocked = [by_owner[w.owner] for w in result.waiting
+                   if w.cause in ("Capacity", "Reserved") and w.owner in by_owner]
+        plan = plan_repartitions(snapshot, blocked, pool.sharing.mig_profiles)
+        for change in plan.changes:
+            node = self.cache.store("nodes").get("", change.node) or {}
             try:
-                req = job_request(job, pool, resuming=job.status.restarts > 0)
-            except InvalidRequest as exc:
-                self._wait(job, "InvalidRequest", str(exc))
-                continue
-            candidates[req.owner] = (job, req)
-        # The same order as every other pool: priority, then fair-share deficit, then age.
-        capacity = WHOLE * sum(n.devices for n in nodes.values() if mig_model(n.model) is not None)
-        busy_queues = {j.spec.queue for j in active if j.spec} | {r.queue for _, r in candidates.values()}
-        weights = sum(q.weight for q in qspecs if q.name in busy_queues and q.quota(pool_name) is not None)
-        demand: dict[str, int] = {}
-        blocked: list[tuple[Job, str]] = []
-        for req in fair_order([r for _, r in candidates.values()],
-                              lambda queue, at: book.deficit(queue, at, capacity, weights)):
-            job = candidates[req.owner][0]
-            assert job.spec is not None
-            spec = job.spec
-            profile = spec.resources.mig_profile or ""
-            want = spec.resources.gpu_milli * spec.replicas
-            over = book.reason(spec.queue, pool_name, want)
-            if over is not None:
-                self._wait(job, "Quota", over)
-                continue
-            topology = spec.topology
-            picks, short = pick_instances(
-                nodes, profile, spec.replicas, excluded=set(job.status.excluded_nodes),
-                level=topology.level if topology else "",
-                required=topology is not None and topology.mode == "Required")
-            if picks:
-                for name, dev, start in picks:
-                    nodes[name].used.add((dev, start))
-                book.charge(spec.queue, pool_name, want)
-                self._admit_mig(job, picks, now)
-                continue
-            if topology and pick_instances(nodes, profile, spec.replicas, set(job.status.excluded_nodes))[0]:
-                self._wait(job, "Topology", short)  # enough free instances, only not in one domain
-                continue
-            demand[profile] = demand.get(profile, 0) + spec.replicas
-            blocked.append((job, profile))
-        if not blocked:
-            return
-        # A free instance on a node that a blocked job excluded (it failed there) cannot serve
-        # that job: keep it out of the supply the planner counts, or the job waits forever.
-        unusable: dict[str, set[str]] = {}
-        for job, profile in blocked:
-            for name in job.status.excluded_nodes:
-                unusable.setdefault(name, set()).add(profile)
-        supply = {name: replace(node, used=node.used | {
-            inst for profile in unusable.get(name, ()) for inst in node.free_instances(profile)})
-            for name, node in nodes.items()}
-        changes, reasons = plan_repartitions(supply, demand, pool.sharing.mig_profiles)
-        for change in changes:
-            try:
-                self._repartition(change, nodes[change.node].devices)
+                self._mig.send(self.io, self.events, self.mig_namespace, node, change)
             except Conflict as exc:
                 log.info("MIG change on %s deferred: %s", change.node, exc)
-        in_flight = sorted(n.name for n in nodes.values() if not n.ready)
-        planned = {i.profile for c in changes for g in c.geometry.values() for i in g}
-        for job, profile in blocked:
-            if profile in planned or in_flight:
-                where = ", ".join(sorted({c.node for c in changes} | set(in_flight)))
-                self._wait(job, "MIGRepartitioning",
-                           f"waiting for the MIG manager on {where} to create {profile} instances")
-            else:
-                self._wait(job, "MIGUnserved", "; ".join(reasons) or
-                           f"no idle device can be partitioned for {profile} (devices with "
-                           "running work are never repartitioned)")
-
-    def _admit_mig(self, job: Job, picks: list[tuple[str, int, int]], now: float) -> None:
-        st = job.status.model_copy(deep=True)
-        st.placement = [ReplicaPlacement(replica=i, node=node, devices=[dev], mig_start=start)
-                        for i, (node, dev, start) in enumerate(picks)]
-        st.admitted_time = to_dt(now)
-        st.retry_after = None
-        nodes = sorted({n for n, _, _ in picks})
-        self._transition(job, st, "Admitted", "Admitted", "True", "Admitted",
-                         f"{len(picks)} MIG instance(s) on {', '.join(nodes)}")
-
-    def _repartition(self, change: Repartition, devices: int) -> None:
-        """Render the config into the mig-parted ConfigMap, then point the node at it."""
-        cm = self.io.read_configmap(self.mig_namespace, MIG_CONFIGMAP)
-        current = ((cm or {}).get("data") or {}).get(MIG_CONFIGMAP_KEY)
-        text = merge_configmap(current, change.name, render_config(change.geometry, devices))
-        self.io.put_configmap(self.mig_namespace, MIG_CONFIGMAP, {MIG_CONFIGMAP_KEY: text})
-        node = self.cache.store("nodes").get("", change.node) or {}
-        version = node.get("metadata", {}).get("resourceVersion")
-        self.io.patch_node(change.node, {"metadata": {
-            "resourceVersion": version,
-            "labels": {MIG_CONFIG_LABEL: change.name},
-            "annotations": {MIG_GEOMETRY_ANNOTATION: encode_geometry(change.geometry)},
-        }})
-        self._mig_sent[change.node] = (version, dict(change.geometry))
-        self.events.record({**node, "apiVersion": "v1", "kind": "Node"}, "Normal", "MIGRepartition",
-                           f"MIG config {change.name}: " + "; ".join(
-                               f"GPU {d}: {'+'.join(i.profile for i in g)}"
-                               for d, g in sorted(change.geometry.items()) if g))
+        return tuple(
+            replace(d, cause=w.cause, reason=w.reason)
+            if isinstance(d, Wait) and (w := plan.waits.get(d.owner)) is not None else d
+            for d in result.decisions
+        )
 
     def _unservable(
         self, job: Job, pool_name: str, pool: GPUPoolSpec,
@@ -820,7 +715,8 @@ class JobReconciler:
         if job.ns not in q.namespaces and not (q.namespace_selector and q.namespace_selector.matches(ns_labels)):
             return "NoQueue", f"TenantQueue {spec.queue} does not admit namespace {job.ns}"
         try:
-            pod_manifest(job.raw, spec, 0, job.attempt, [], pool.accelerator.resource_name, pool.sharing.mode)
+            devices = [(i, WHOLE) for i in range(spec.resources.gpus or 0)] or [(0, spec.resources.gpu_milli)]
+            pod_manifest(job.raw, spec, 0, job.attempt, devices, pool.accelerator.resource_name, pool.sharing.mode)
         except Exception as exc:  # a tenant's template may be any shape the schema lets through
             return "InvalidTemplate", f"the pod template cannot make a pod: {type(exc).__name__}: {exc}"[:1024]
         if not any(x.pool == pool_name for x in q.quotas):
@@ -856,13 +752,7 @@ class JobReconciler:
         assert job.spec is not None
         st = job.status.model_copy(deep=True)
         by_member = sorted(decision.placement.allocations, key=lambda a: int(a.member))
-        st.placement = [
-            ReplicaPlacement(
-                replica=int(a.member), node=a.node, devices=[s.index for s in a.devices],
-                gpu_milli=a.devices[0].milli if a.devices and a.devices[0].milli < WHOLE else None,
-            )
-            for a in by_member
-        ]
+        st.placement = [placement_of(a) for a in by_member]
         st.admitted_time = to_dt(now)
         st.retry_after = None
         st.nominated_victims = []
@@ -886,7 +776,7 @@ class JobReconciler:
     ) -> None:
         if self.status_writer is None:
             return
-        for name, (_, raw) in queues.items():
+        for name, (spec, raw) in queues.items():
             try:
                 mine = [j for j in jobs if j.spec is not None and j.spec.queue == name]
                 usage: dict[str, float] = {}
@@ -902,6 +792,15 @@ class JobReconciler:
                         conditions.append(Condition.model_validate(c))
                     except ValidationError:
                         pass
+                missing = sorted({q.pool for q in spec.quotas} - set(pools))
+                generation = _int(raw["metadata"].get("generation"))
+                if missing:
+                    set_condition(conditions, "Ready", "False", "PoolNotFound",
+                                  f"quotas name pools that do not exist: {', '.join(missing[:5])}; jobs for "
+                                  "them wait with NoPool", generation, to_dt(self.clock()))
+                else:
+                    set_condition(conditions, "Ready", "True", "Ready",
+                                  f"{len(spec.quotas)} quota(s), every pool exists", generation, to_dt(self.clock()))
                 status = {
                     "observedGeneration": raw["metadata"].get("generation"),
                     "usage": [{"pool": p, "gpus": round(g, 3)} for p, g in sorted(usage.items())],
@@ -913,12 +812,15 @@ class JobReconciler:
                     # Assumed until the watch shows the queue again, so a lagging watch is not a rewrite.
                     self.cache.store("tenantqueues").assume({**raw, "status": status}, upto=version_of(raw) + 1)
 
+            except NotLeader:
+                raise  # this replica must stop writing altogether
             except Exception as exc:  # one queue's trouble only
                 RECONCILE_ERRORS.labels("tenantqueue").inc()
                 log.exception("status of TenantQueue %s not written; the others go on", name)
                 reason, message = describe_error(exc)
                 self.events.record({**raw, "apiVersion": "wanka.io/v1alpha1", "kind": "TenantQueue"},
                                    "Warning", reason, message)
+
 
 def api_message(exc: ApiException) -> str:
     """The message of the Status the API answered with, else its reason phrase."""

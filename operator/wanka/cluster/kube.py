@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client, config
 
 LOCAL_KUBECONFIG = Path(".wanka/kubeconfig")
 KUBECONFIG_HELP = "kubeconfig file (default: $KUBECONFIG, .wanka/kubeconfig, in-cluster, ~/.kube/config)"
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# (connect, read) seconds for any call that names no timeout of its own: a hung API server
+# fails the call, and the pass that made it, instead of blocking it forever.
+REQUEST_TIMEOUT = (5.0, 30.0)
+# A full LIST of a large fleet's pods may legitimately take longer than one object's write.
+LIST_TIMEOUT = (5.0, 120.0)
+
+
+class DeadlineApiClient(client.ApiClient):  # type: ignore[misc]  # the client is untyped
+    """An ApiClient whose every request has a deadline unless the call sets `_request_timeout`."""
+
+    request_timeout: tuple[float, float] = REQUEST_TIMEOUT
+
+    def request(self, method: str, url: str, query_params: Any = None, headers: Any = None,
+                post_params: Any = None, body: Any = None, _preload_content: bool = True,
+                _request_timeout: Any = None) -> Any:
+        return super().request(method, url, query_params, headers, post_params, body,
+                               _preload_content, _request_timeout or self.request_timeout)
 
 
 def kubeconfig_path(kubeconfig: str | os.PathLike[str] | None = None) -> str | None:
@@ -22,15 +40,18 @@ def kubeconfig_path(kubeconfig: str | os.PathLike[str] | None = None) -> str | N
 
 
 def api_client(kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None) -> client.ApiClient:
-    """An ApiClient for the given kubeconfig, else $KUBECONFIG, .wanka/kubeconfig, in-cluster,
-    then ~/.kube/config, in that order; `context` picks a context other than the current one."""
+    """An ApiClient (with a timeout on every call) for the given kubeconfig, else $KUBECONFIG,
+    .wanka/kubeconfig, in-cluster, then ~/.kube/config, in that order; `context` picks a
+    kubeconfig context other than the current one."""
     path = kubeconfig_path(kubeconfig)
+    cfg = client.Configuration()
     if path:
-        return config.new_client_from_config(config_file=path, context=context)
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not context:
-        config.load_incluster_config()
-        return client.ApiClient()
-    return config.new_client_from_config(context=context)
+        config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
+    elif os.environ.get("KUBERNETES_SERVICE_HOST") and not context:
+        config.load_incluster_config(client_configuration=cfg)
+    else:
+        config.load_kube_config(context=context, client_configuration=cfg)
+    return DeadlineApiClient(configuration=cfg)
 
 
 def default_namespace(kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None) -> str:
@@ -75,7 +96,8 @@ def list_all(api: client.ApiClient, kind: str) -> list[dict[str, object]]:
 
     if kind in ("gpupools", "trainingjobs", "tenantqueues"):
         custom = client.CustomObjectsApi(api)
-        items = custom.list_cluster_custom_object(GROUP, VERSION, kind)["items"]
+        items = custom.list_cluster_custom_object(GROUP, VERSION, kind,
+                                                  _request_timeout=LIST_TIMEOUT)["items"]
         for item in items:
             item.setdefault("apiVersion", f"{GROUP}/{VERSION}")
         return list(items)
@@ -88,7 +110,7 @@ def list_all(api: client.ApiClient, kind: str) -> list[dict[str, object]]:
                        {"label_selector": "wanka.io/job"}, "ConfigMap"),
     }
     call, kwargs, kind_name = calls[kind]
-    raw = call(_preload_content=False, **kwargs)
+    raw = call(_preload_content=False, _request_timeout=LIST_TIMEOUT, **kwargs)
     import json
 
     items = json.loads(raw.data)["items"]

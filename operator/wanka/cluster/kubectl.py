@@ -27,7 +27,6 @@ from wanka.core.accounting import WAITING_PHASES, queue_depth
 
 PROG = "kubectl wanka"
 OUTPUTS = ("table", "json", "yaml")
-REQUEST_TIMEOUT = (5, 30)  # connect, read: an unreachable server fails in seconds, not minutes
 FINISHED = ("Succeeded", "Failed")
 
 
@@ -195,7 +194,7 @@ def _pct(part: float, whole: float | None) -> str | None:
 # --- talking to the cluster ----------------------------------------------------------------
 
 class Cluster:
-    """The few reads and one write the plugin needs, with kubectl's timeouts."""
+    """The few reads and one write the plugin needs (api_client puts a deadline on each)."""
 
     def __init__(self, kubeconfig: str | None, context: str | None) -> None:
         from kubernetes import client
@@ -206,19 +205,17 @@ class Cluster:
 
     def list(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
         if namespace:
-            found = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural,
-                                                              _request_timeout=REQUEST_TIMEOUT)
+            found = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)
         else:
-            found = self.custom.list_cluster_custom_object(GROUP, VERSION, plural, _request_timeout=REQUEST_TIMEOUT)
+            found = self.custom.list_cluster_custom_object(GROUP, VERSION, plural)
         return list(found["items"])
 
     def job(self, namespace: str, name: str) -> dict[str, Any]:
-        return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "trainingjobs", name,
-                                                             _request_timeout=REQUEST_TIMEOUT))
+        return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "trainingjobs", name))
 
     def suspend(self, namespace: str, name: str, suspend: bool) -> None:
         self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "trainingjobs", name,
-                                                   {"spec": {"suspend": suspend}}, _request_timeout=REQUEST_TIMEOUT)
+                                                   {"spec": {"suspend": suspend}})
 
 
 def _namespace(args: argparse.Namespace) -> str:

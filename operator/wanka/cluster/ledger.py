@@ -16,17 +16,14 @@ from wanka.api.common import lenient
 from wanka.api.trainingjob import ReplicaPlacement, TrainingJobSpec, TrainingJobStatus
 from wanka.cluster.translate import pod_requests
 from wanka.core.lifecycle import ACTIVE
-from wanka.core.snapshot import Allocation, DeviceShare
+from wanka.core.snapshot import WHOLE, Allocation, DeviceShare
 
 
 def ledger_allocations(
     key: str, spec: TrainingJobSpec, placement: Iterable[ReplicaPlacement]
 ) -> list[Allocation]:
-    """One allocation per placed replica: whole devices, or a share of one device.
-
-    MIG placements hold an instance of a partitioned device, not device capacity in the
-    snapshot's sense; the MIG path accounts for them itself, so they are left out here.
-    """
+    """One allocation per placed replica: whole devices, a share of one device, or one MIG
+    instance (worth the spec's `gpu_milli`, as in quota)."""
     cpu_mem = (0, 0)
     try:
         cpu_mem = pod_requests({"spec": spec.template.wire()["spec"]}, "")[:2]
@@ -36,13 +33,26 @@ def ledger_allocations(
     out = []
     for p in placement:
         if p.mig_start is not None:
-            continue
-        if p.gpu_milli:
-            shares: tuple[DeviceShare, ...] = tuple(DeviceShare(d, p.gpu_milli, mem_mib) for d in p.devices)
+            shares: tuple[DeviceShare, ...] = tuple(
+                DeviceShare(d, spec.resources.gpu_milli, mig_start=p.mig_start) for d in p.devices
+            )
+        elif p.gpu_milli:
+            shares = tuple(DeviceShare(d, p.gpu_milli, mem_mib) for d in p.devices)
         else:
             shares = tuple(DeviceShare(d) for d in p.devices)
         out.append(Allocation(key, str(p.replica), p.node, cpu_mem[0], cpu_mem[1], shares))
     return out
+
+
+def placement_of(alloc: Allocation) -> ReplicaPlacement:
+    """The ledger entry of one member the scheduler placed (the inverse of the above)."""
+    first = alloc.devices[0] if alloc.devices else None
+    share = first is not None and first.mig_start is None and first.milli < WHOLE
+    return ReplicaPlacement(
+        replica=int(alloc.member), node=alloc.node, devices=[s.index for s in alloc.devices],
+        gpu_milli=first.milli if share and first is not None else None,
+        mig_start=first.mig_start if first is not None else None,
+    )
 
 
 def raw_ledger(job: Mapping[str, Any]) -> list[Allocation]:

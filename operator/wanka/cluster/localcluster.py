@@ -107,6 +107,8 @@ class LocalCluster:
     bin_dir: Path | None = None
     with_controller_manager: bool = True
     ports: dict[str, int] = field(default_factory=dict)
+    # Each component's command line, to start it again exactly as it was (restart_apiserver).
+    argv: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Children run with the state dir as their cwd: every path handed to them is absolute.
@@ -138,6 +140,7 @@ class LocalCluster:
             start_new_session=True, cwd=self.state_dir,
         )
         log.close()
+        self.argv[name] = argv
         pids = self._pids()
         pids[name] = proc.pid
         self.pid_file.write_text(json.dumps(pids))
@@ -236,8 +239,7 @@ class LocalCluster:
             "--event-ttl=1h",
             *([] if self.with_controller_manager else ["--disable-admission-plugins=ServiceAccount"]),
         ])
-        self._wait("kube-apiserver", apiserver,
-                   lambda: self._http_ok(f"{server}/readyz", token, pki / "ca.crt"), timeout)
+        self._wait("kube-apiserver", apiserver, self._apiserver_ready, timeout)
         self.kubeconfig.write_text(yaml.safe_dump(kubeconfig_dict(server, pki / "ca.crt", token)))
 
         if self.with_controller_manager:
@@ -271,23 +273,21 @@ class LocalCluster:
         self._wait("kwok", kwok, lambda: self._http_ok(f"http://127.0.0.1:{p['kwok']}/healthz"),
                    timeout)
 
+    def _apiserver_ready(self) -> bool:
+        pki = self.state_dir / "pki"
+        token = (pki / "tokens.csv").read_text().split(",", 1)[0]
+        return self._http_ok(f"https://127.0.0.1:{self.ports['apiserver']}/readyz", token, pki / "ca.crt")
+
+    def restart_apiserver(self, timeout: float = 120) -> None:
+        """Stop the kube-apiserver and start it again on the same port with the same flags, as
+        an upgrade or a crash does under running clients; returns once /readyz answers."""
+        _stop([self._pids()["kube-apiserver"]])
+        proc = self._start("kube-apiserver", self.argv["kube-apiserver"])
+        self._wait("kube-apiserver", proc, self._apiserver_ready, timeout)
+
     def down(self, keep_logs: bool = False) -> None:
         """Stop every process this cluster started (by PID) and remove its state."""
-        pids = self._pids()
-        for pid in reversed(list(pids.values())):
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.monotonic() + 10
-        for pid in pids.values():
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.1)
-            if _alive(pid):
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+        _stop(list(reversed(self._pids().values())))
         if self.pid_file.exists():
             self.pid_file.unlink()
         if keep_logs:
@@ -295,6 +295,28 @@ class LocalCluster:
         import shutil
 
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def _stop(pids: list[int], grace: float = 10) -> None:
+    """SIGTERM each process group, then SIGKILL what is still there after `grace` seconds."""
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + grace
+    for pid in pids:
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    deadline = time.monotonic() + 5
+    for pid in pids:  # reaped, so that its port is free for a successor
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:

@@ -1,12 +1,12 @@
 """Dynamic MIG the way NVIDIA's GPU Operator expects it.
 
-Wanka decides per-device geometries with the core planner, renders them as a named config
-into the mig-parted ConfigMap, and labels the node `nvidia.com/mig.config=<name>`. The
-GPU Operator's MIG manager applies it and reports `nvidia.com/mig.config.state=success`;
-the device plugin then advertises `nvidia.com/mig-<profile>` resources. Only then does Wanka
-bind pods that request one instance each. Devices with running work are never changed: a
-node is only repartitioned when no pod holds any of its GPUs, and every device that keeps
-work keeps its geometry in the new config.
+The core places MIG instances and plans geometries (`wanka.core.mig.plan_repartitions`); this
+module is the Kubernetes side: it reads each node's geometry into the snapshot's devices and
+each MIG pod's instance into its allocation, renders a planned geometry as a named config in
+the mig-parted ConfigMap, and labels the node `nvidia.com/mig.config=<name>`. The GPU
+Operator's MIG manager applies it and reports `nvidia.com/mig.config.state=success`; the device
+plugin then advertises `nvidia.com/mig-<profile>` resources. Only then are the node's instances
+placeable. Devices with running work keep their geometry in every new config.
 
 State kept on the Node, so a restarted operator reads it back:
 - annotation `wanka.io/mig-geometry`: the geometry Wanka asked for, per device index;
@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
-from wanka.cluster.translate import TERMINAL_PHASES, annotations_of, labels, quantity
-from wanka.core.mig import Geometry, MigDevice, MigInstance, mig_model, plan_mig
+from wanka.core.mig import Geometry, MigInstance, NodeGeometry
+from wanka.core.snapshot import Device, DeviceShare, Snapshot
+from wanka.units import mig_share_milli
 
 GEOMETRY_ANNOTATION = "wanka.io/mig-geometry"
 INSTANCE_ANNOTATION = "wanka.io/mig-instance"
 CONFIG_LABEL = "nvidia.com/mig.config"
 STATE_LABEL = "nvidia.com/mig.config.state"
+GPU_COUNT_LABEL = "nvidia.com/gpu.count"  # physical GPUs, from GPU feature discovery
 CONFIGMAP_NAME = "wanka-mig-parted-config"
 CONFIGMAP_KEY = "config.yaml"
 MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
@@ -40,15 +42,29 @@ def resource_for(profile: str) -> str:
     return f"{MIG_RESOURCE_PREFIX}{profile}"
 
 
+def _meta(obj: Mapping[str, Any], key: str) -> Mapping[str, str]:
+    """An object's labels or annotations (this module reads no other metadata)."""
+    return (obj.get("metadata") or {}).get(key) or {}
+
+
+def _count(value: Any) -> int:
+    """A device plugin's count of a MIG resource (always a plain integer); 0 when unreadable."""
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0
+
+
 def read_geometry(node: Mapping[str, Any]) -> dict[int, Geometry]:
-    """The geometry Wanka last asked for on this node (empty: all devices whole)."""
-    raw = annotations_of(node).get(GEOMETRY_ANNOTATION)
+    """The geometry Wanka last asked for on this node (empty: all devices whole, also when
+    the annotation cannot be read)."""
+    raw = _meta(node, "annotations").get(GEOMETRY_ANNOTATION)
     if not raw:
         return {}
     try:
         data = json.loads(raw)
         return {int(dev): tuple(MigInstance(str(p), int(s)) for p, s in insts) for dev, insts in data.items()}
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, AttributeError):
         return {}
 
 
@@ -100,130 +116,112 @@ def expected_resources(geometry: Mapping[int, Geometry]) -> dict[str, int]:
 
 def applied(node: Mapping[str, Any], geometry: Mapping[int, Geometry]) -> bool:
     """The MIG manager applied our config and the device plugin reports its instances."""
-    lab = labels(node)
+    lab = _meta(node, "labels")
     if geometry and lab.get(CONFIG_LABEL) != config_name(geometry):
         return False
     if geometry and lab.get(STATE_LABEL) != "success":
         return False
     alloc = (node.get("status") or {}).get("allocatable") or {}
-    return all(int(quantity(alloc.get(res))) >= count for res, count in expected_resources(geometry).items())
+    return all(_count(alloc.get(res)) >= count for res, count in expected_resources(geometry).items())
+
+
+@dataclass(frozen=True, slots=True)
+class MigLayout:
+    """How many devices a node of a MIG pool has and how they are partitioned."""
+
+    devices: int
+    geometry: Mapping[int, Geometry]
+    settling: bool  # the MIG manager has not applied `geometry` yet
+
+    def carve(self, devices: Sequence[Device]) -> None:
+        """Give snapshot devices their instances (being built, they are not shared yet)."""
+        for dev in devices:
+            dev.mig = {i.start: i.profile for i in self.geometry.get(dev.index, ())}
+            dev.mig_settling = self.settling
+
+
+def layout(node: Mapping[str, Any], whole: int) -> MigLayout:
+    """The node's MIG layout. Its devices: GPU feature discovery's count when labelled, else
+    `whole` (the accelerator resource, which the device plugin reports for unpartitioned
+    devices only) plus the partitioned ones; while a change is applied those counts lag, so
+    then its partitioned devices are not added on top."""
+    geometry = read_geometry(node)
+    settling = not applied(node, geometry)
+    partitioned = sum(1 for g in geometry.values() if g)
+    devices = _count(_meta(node, "labels").get(GPU_COUNT_LABEL)) or whole + (0 if settling else partitioned)
+    return MigLayout(max(devices, max(geometry, default=-1) + 1), geometry, settling)
+
+
+def pod_instance(pod: Mapping[str, Any]) -> DeviceShare | None:
+    """The MIG instance a pod holds (from its annotation and its MIG resource), if any."""
+    raw = _meta(pod, "annotations").get(INSTANCE_ANNOTATION)
+    if not raw:
+        return None
+    profiles = [
+        key[len(MIG_RESOURCE_PREFIX):]
+        for c in (pod.get("spec") or {}).get("containers") or []
+        for key in ((c.get("resources") or {}).get("limits") or {})
+        if key.startswith(MIG_RESOURCE_PREFIX)
+    ]
+    dev, _, start = raw.partition(":")
+    try:
+        return DeviceShare(int(dev), mig_share_milli(profiles[0]), mig_start=int(start))
+    except (ValueError, IndexError):
+        return None
+
+
+class ConfigIO(Protocol):
+    def read_configmap(self, ns: str, name: str) -> dict[str, Any] | None: ...
+
+    def put_configmap(self, ns: str, name: str, data: Mapping[str, str]) -> None: ...
+
+    def patch_node(self, name: str, body: Mapping[str, Any]) -> None: ...
+
+
+class Recorder(Protocol):
+    def record(self, obj: Mapping[str, Any], type_: Any, reason: str, message: str) -> None: ...
 
 
 @dataclass
-class MigNode:
-    name: str
-    model: str
-    devices: int
-    geometry: dict[int, Geometry]
-    used: set[tuple[int, int]] = field(default_factory=set)  # (device, start) held by a pod
-    whole_gpu_pods: int = 0  # pods holding whole GPUs: the node is not ours to repartition
-    ready: bool = True
-    labels: dict[str, str] = field(default_factory=dict)  # the node's labels (topology domains)
+class MigRepartitioner:
+    """Sends the core planner's geometries to the MIG manager, and shows a change it sent as
+    settling until the watch brings the node back changed (so nothing is planned twice)."""
 
-    def free_instances(self, profile: str) -> list[tuple[int, int]]:
-        """(device, start) of every free instance of `profile`, in device order."""
-        return [(dev, inst.start) for dev in sorted(self.geometry) for inst in self.geometry[dev]
-                if inst.profile == profile and (dev, inst.start) not in self.used]
+    # node -> (resourceVersion the change was sent against, the geometry sent)
+    _sent: dict[str, tuple[str | None, dict[int, Geometry]]] = field(default_factory=dict)
 
+    def settle(self, snapshot: Snapshot, cached: Callable[[str], Mapping[str, Any] | None]) -> None:
+        """Mark in `snapshot` the changes sent whose node the watch has not shown changed yet
+        (`cached`: a node's object as the watch has it)."""
+        for name, (version, geometry) in list(self._sent.items()):
+            node = cached(name)
+            if node is None or (node.get("metadata") or {}).get("resourceVersion") != version:
+                del self._sent[name]  # the watch caught up: the node itself says what it is
+            elif name in snapshot.nodes:
+                MigLayout(len(snapshot.nodes[name].devices), geometry, True).carve(
+                    [d for d in snapshot.nodes[name].devices if not d.mig_held]
+                )
+                for dev in snapshot.nodes[name].devices:
+                    dev.mig_settling = True
 
-def pick_instances(
-    nodes: Mapping[str, MigNode], profile: str, count: int, excluded: Collection[str] = (),
-    level: str = "", required: bool = False,
-) -> tuple[list[tuple[str, int, int]], str]:
-    """Free instances of `profile` for a gang of `count` replicas, or why there are none.
-
-    Nodes not ready (a change being applied) and `excluded` ones (nodes that failed the job)
-    are skipped. With a topology `level`, the gang goes into one domain of it when one holds
-    it (the one with the least room that does, keeping roomier domains for bigger gangs);
-    `required` refuses anything else. The gang packs onto the fewest nodes it can.
-    """
-    free = {name: f for name, node in sorted(nodes.items())
-            if node.ready and name not in excluded and (f := node.free_instances(profile))}
-
-    def fill(names: Iterable[str]) -> list[tuple[str, int, int]]:
-        picks: list[tuple[str, int, int]] = []
-        for name in sorted(names, key=lambda n: (-len(free[n]), n)):
-            picks += [(name, dev, start) for dev, start in free[name][:count - len(picks)]]
-        return picks
-
-    if level:
-        domains: dict[str, list[str]] = {}
-        for name in free:
-            if nodes[name].labels.get(level):
-                domains.setdefault(nodes[name].labels[level], []).append(name)
-        room = {d: sum(len(free[n]) for n in names) for d, names in domains.items()}
-        fitting = sorted((r, d) for d, r in room.items() if r >= count)
-        if fitting:
-            return fill(domains[fitting[0][1]]), ""
-        if required:
-            best = max(room.values(), default=0)
-            return [], (f"needs {count} x {profile} in one {level}; the best {level} has {best} free "
-                        f"(of {sum(len(f) for f in free.values())} free on usable nodes)")
-    picks = fill(free)
-    if len(picks) < count:
-        return [], f"{len(picks)} free {profile} instance(s) on usable nodes; the gang needs {count}"
-    return picks, ""
+    def send(self, io: ConfigIO, events: Recorder, namespace: str, node: Mapping[str, Any],
+             change: NodeGeometry) -> None:
+        """Render the config into the mig-parted ConfigMap, then point the node at it."""
+        geometry = dict(change.geometry)
+        name = config_name(geometry)
+        cm = io.read_configmap(namespace, CONFIGMAP_NAME)
+        current = ((cm or {}).get("data") or {}).get(CONFIGMAP_KEY)
+        text = merge_configmap(current, name, render_config(geometry, change.devices))
+        io.put_configmap(namespace, CONFIGMAP_NAME, {CONFIGMAP_KEY: text})
+        version = (node.get("metadata") or {}).get("resourceVersion")
+        io.patch_node(change.node, {"metadata": {
+            "resourceVersion": version,
+            "labels": {CONFIG_LABEL: name},
+            "annotations": {GEOMETRY_ANNOTATION: encode_geometry(geometry)},
+        }})
+        self._sent[change.node] = (version, geometry)
+        events.record({**node, "apiVersion": "v1", "kind": "Node"}, "Normal", "MIGRepartition",
+                      f"MIG config {name}: " + "; ".join(
+                          f"GPU {d}: {'+'.join(i.profile for i in g)}" for d, g in sorted(geometry.items()) if g))
 
 
-def mig_nodes(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]],
-              reserved: Iterable[tuple[str, int, int]], resource: str, model_of: Any) -> dict[str, MigNode]:
-    """Each pool node's MIG view: geometry, instances in use (pods and reservations)."""
-    out: dict[str, MigNode] = {}
-    for node in nodes:
-        name = node["metadata"]["name"]
-        cap = (node.get("status") or {}).get("capacity") or {}
-        geometry = read_geometry(node)
-        devices = int(quantity(cap.get(resource))) + sum(1 for g in geometry.values() if g)
-        out[name] = MigNode(name, model_of(node), devices, geometry,
-                            ready=applied(node, geometry), labels=dict(labels(node)))
-    for pod in pods:
-        where = str((pod.get("spec") or {}).get("nodeName") or "")
-        if where not in out or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
-            continue
-        inst = annotations_of(pod).get(INSTANCE_ANNOTATION)
-        if inst:
-            dev, _, start = inst.partition(":")
-            out[where].used.add((int(dev), int(start)))
-            continue
-        for c in (pod.get("spec") or {}).get("containers") or []:
-            lim = (c.get("resources") or {}).get("limits") or {}
-            if int(quantity(lim.get(resource))) > 0:
-                out[where].whole_gpu_pods += 1
-    for at, index, first in reserved:
-        if at in out:
-            out[at].used.add((index, first))
-    return out
-
-
-@dataclass(frozen=True)
-class Repartition:
-    node: str
-    geometry: dict[int, Geometry]
-
-    @property
-    def name(self) -> str:
-        return config_name(self.geometry)
-
-
-def plan_repartitions(nodes: Mapping[str, MigNode], demand: Mapping[str, int],
-                      allowed: Sequence[str]) -> tuple[list[Repartition], list[str]]:
-    """New geometries for idle devices of nodes with no whole-GPU work, or why not."""
-    devices = []
-    for node in nodes.values():
-        if mig_model(node.model) is None:
-            continue
-        if node.whole_gpu_pods > 0:
-            # We cannot tell which whole device a GPU pod holds: leave the whole node alone.
-            continue
-        for dev in range(node.devices):
-            geo = tuple(MigInstance(i.profile, i.start, (dev, i.start) in node.used)
-                        for i in node.geometry.get(dev, ()))
-            # A node whose last change is still being applied must settle before it changes
-            # again, but the instances it is about to offer already count against demand.
-            devices.append(MigDevice(node.name, dev, node.model, geo, settling=not node.ready))
-    plan = plan_mig(devices, demand, allowed)
-    changed: dict[str, dict[int, Geometry]] = {}
-    for change in plan.changes:
-        target = changed.setdefault(change.node, dict(nodes[change.node].geometry))
-        target[change.index] = tuple(MigInstance(i.profile, i.start) for i in change.new)
-    return [Repartition(n, g) for n, g in sorted(changed.items())], list(plan.reasons)

@@ -21,6 +21,7 @@ from wanka.api.gpupool import (
 )
 from wanka.api.trainingjob import TrainingJobSpec
 from wanka.cluster.cache import FleetCache
+from wanka.cluster.fence import NotLeader
 from wanka.cluster.ledger import raw_ledger
 from wanka.cluster.mig import read_geometry
 from wanka.cluster.translate import build_pool_snapshot, pod_requests
@@ -163,6 +164,8 @@ class PoolReconciler:
         for pool in self.cache.store("gpupools").values():
             try:
                 self.reconcile(pool, nodes, pods, ledger.get(pool.get("metadata", {}).get("name"), []))
+            except NotLeader:
+                raise  # not a broken pool: this replica must stop writing altogether
             except Exception as exc:  # one broken pool must not stop the others
                 RECONCILE_ERRORS.labels("gpupool").inc()
                 log.exception("reconciling pool %s failed", pool.get("metadata", {}).get("name"))

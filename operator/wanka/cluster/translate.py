@@ -12,6 +12,7 @@ from typing import Any
 from kubernetes.utils import parse_quantity
 
 from wanka.api.gpupool import GPUPoolSpec
+from wanka.cluster import mig
 from wanka.core.health import HealthRecord
 from wanka.core.snapshot import WHOLE, Allocation, Device, DeviceShare, HealthState, Node, OverAllocation, Snapshot
 
@@ -134,6 +135,8 @@ def build_node(node: Mapping[str, Any], spec: GPUPoolSpec, levels: tuple[str, ..
     lab = labels(node)
     resource = spec.accelerator.resource_name
     count = int(quantity((status.get("capacity") or {}).get(resource)))
+    layout = mig.layout(node, count) if spec.sharing.mode == "MIG" else None
+    count = layout.devices if layout is not None else count
     alloc = status.get("allocatable") or {}
     model = spec.accelerator.model or lab.get(GPU_MODEL_LABEL, "")
     memory_mib = (spec.accelerator.memory_gi_b or 0) * 1024
@@ -152,6 +155,8 @@ def build_node(node: Mapping[str, Any], spec: GPUPoolSpec, levels: tuple[str, ..
         )
         for i in range(count)
     ]
+    if layout is not None:
+        layout.carve(devices)
     state: HealthState = record.state
     if not raw_record:
         # The operator has not judged this node yet: its own conditions decide.
@@ -203,6 +208,9 @@ def pod_allocation(pod: Mapping[str, Any], resource: str) -> Allocation | None:
         return None
     cpu, mem, gpus = pod_requests(pod, resource)
     owner, member = pod_owner(pod)
+    instance = mig.pod_instance(pod)
+    if instance is not None:
+        return Allocation(owner, member, node, cpu, mem, (instance,))
     raw = annotations_of(pod).get(DEVICES_ANNOTATION)
     shares: tuple[DeviceShare, ...] = ()
     if raw:

@@ -14,6 +14,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from wanka.api.common import GROUP, VERSION
+from wanka.cluster.fence import Fence, check
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,13 @@ def _ts() -> str:
 class StatusWriter:
     """Merge-patches the status subresource of Wanka's custom objects."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, fence: Fence | None = None) -> None:
         self.custom = client.CustomObjectsApi(api)
+        self.fence = fence
 
     def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         """Returns False when the object is gone (nothing to report on)."""
+        check(self.fence, f"patch status of {plural} {namespace}/{name}")
         body = {"status": dict(status)}
         try:
             if namespace:
@@ -53,8 +56,9 @@ class StatusWriter:
 class EventRecorder:
     """Posts core/v1 Events, aggregating repeats of the same reason and message into a count."""
 
-    def __init__(self, api: client.ApiClient, dedupe_seconds: float = 600) -> None:
+    def __init__(self, api: client.ApiClient, dedupe_seconds: float = 600, fence: Fence | None = None) -> None:
         self.core = client.CoreV1Api(api)
+        self.fence = fence
         self.instance = socket.gethostname()
         self.dedupe_seconds = dedupe_seconds
         self._seen: dict[tuple[str, str, str], tuple[str, str, int, float]] = {}
@@ -67,6 +71,7 @@ class EventRecorder:
         message: str,
     ) -> None:
         meta = obj.get("metadata") or {}
+        check(self.fence, f"record {reason} on {meta.get('name')}")
         namespace = meta.get("namespace") or CLUSTER_EVENT_NAMESPACE
         uid = str(meta.get("uid", ""))
         key = (uid, reason, message)

@@ -16,11 +16,12 @@ from prometheus_client import start_http_server
 from wanka import __version__
 from wanka.api.common import GROUP, VERSION
 from wanka.cluster.cache import KINDS, FleetCache
+from wanka.cluster.fence import NotLeader
 from wanka.cluster.health import ApiNodePatcher, HealthReconciler
 from wanka.cluster.jobio import JobIO
 from wanka.cluster.jobs import JobReconciler
 from wanka.cluster.kube import KUBECONFIG_HELP, api_client, connection_settings, list_all
-from wanka.cluster.leader import LeaseElector
+from wanka.cluster.leader import ApiLeaseStore, LeaseElector
 from wanka.cluster.pools import PoolReconciler
 from wanka.cluster.writer import EventRecorder, StatusWriter
 from wanka.controllers.logs import configure_logging
@@ -31,7 +32,6 @@ log = logging.getLogger("wanka")
 DEBOUNCE_SECONDS = 0.05
 HEALTH_PERIOD_SECONDS = 1.0
 RESYNC_SECONDS = 300.0
-LEASE_RENEW_SECONDS = 3.0
 
 
 @dataclass
@@ -43,6 +43,16 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     elector: LeaseElector | None = None
     lease: tuple[str, str] | None = None  # (namespace, name) when --leader-elect
+
+    def is_leader(self) -> bool:
+        """Whether this replica may act (and write) right now; a sole replica always may."""
+        if self.lease is None:
+            return True
+        return self.elector is not None and self.elector.is_leader
+
+    def term(self) -> int:
+        """Which term of leadership this is; a new term starts from a clean slate."""
+        return self.elector.term if self.elector is not None else 0
 
 
 RUNTIME = Runtime()
@@ -113,51 +123,70 @@ async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     api = api_client(os.environ.get("KUBECONFIG"))
-    events = EventRecorder(api)
-    health = HealthReconciler(RUNTIME.cache, ApiNodePatcher(api), events)
-    pools = PoolReconciler(
-        RUNTIME.cache,
-        StatusWriter(api),
-        events,
-        on_summary=RUNTIME.summaries.__setitem__,
-        guard=health.guard_conditions,
-    )
+    # Every write asks the fence first: a replica that lost the lease mid-pass sends nothing more.
+    fence = RUNTIME.is_leader if RUNTIME.lease is not None else None
 
-    jobs = JobReconciler(RUNTIME.cache, JobIO(api), events, status_writer=StatusWriter(api),
-                         mig_namespace=os.environ.get("POD_NAMESPACE") or "default")
-    last_sync = [0.0]
+    def reconcilers() -> tuple[HealthReconciler, JobReconciler, PoolReconciler]:
+        events = EventRecorder(api, fence=fence)
+        health = HealthReconciler(RUNTIME.cache, ApiNodePatcher(api, fence), events)
+        pools = PoolReconciler(
+            RUNTIME.cache,
+            StatusWriter(api, fence),
+            events,
+            on_summary=RUNTIME.summaries.__setitem__,
+            guard=health.guard_conditions,
+        )
+        jobs = JobReconciler(RUNTIME.cache, JobIO(api, fence), events,
+                             status_writer=StatusWriter(api, fence),
+                             mig_namespace=os.environ.get("POD_NAMESPACE") or "default")
+        return health, jobs, pools
+
+    term, last_sync = -1, 0.0
+    health, jobs, pools = reconcilers()
     if RUNTIME.lease is not None:
-        RUNTIME.elector = LeaseElector(api, *RUNTIME.lease)
-        RUNTIME.tasks.append(asyncio.create_task(_elect(RUNTIME.elector, last_sync)))
+        RUNTIME.elector = LeaseElector(ApiLeaseStore(api), *RUNTIME.lease)
+        log.info("leader election on lease %s/%s as %s", *RUNTIME.lease, RUNTIME.elector.identity)
+        RUNTIME.tasks.append(asyncio.create_task(_elect(RUNTIME.elector)))
 
     def fleet_pass() -> None:
-        if RUNTIME.elector is not None and not RUNTIME.elector.is_leader:
+        nonlocal term, last_sync, health, jobs, pools
+        if not RUNTIME.is_leader():
             return  # a standby keeps its cache warm and acts only once it holds the lease
-        # A full LIST first and then every few minutes: the reservation ledger (admitted jobs'
-        # status) must be complete before anything is placed, and a missed watch event
-        # must not leave a phantom object in the cache for long.
-        if time.monotonic() - last_sync[0] > RESYNC_SECONDS:
-            for kind in KINDS:
-                RUNTIME.cache.replace(kind, list_all(api, kind))
-            last_sync[0] = time.monotonic()
-        # Health first: jobs then see this pass's taints, and pools report them.
-        health.reconcile_all()
-        jobs.reconcile_all()
-        pools.reconcile_all()
+        if RUNTIME.term() != term:
+            # A new term: nothing remembered from an earlier one (what was written, assumed,
+            # announced) may hold now that another replica has acted in between.
+            term, last_sync = RUNTIME.term(), 0.0
+            health, jobs, pools = reconcilers()
+        try:
+            # A full LIST first and then every few minutes: the reservation ledger (admitted
+            # jobs' status) must be complete before anything is placed, and a missed watch
+            # event must not leave a phantom object in the cache for long.
+            if time.monotonic() - last_sync > RESYNC_SECONDS:
+                for kind in KINDS:
+                    RUNTIME.cache.replace(kind, list_all(api, kind))
+                last_sync = time.monotonic()
+            # Health first: jobs then see this pass's taints, and pools report them.
+            health.reconcile_all()
+            jobs.reconcile_all()
+            pools.reconcile_all()
+        except NotLeader as exc:
+            log.info("%s; ending this pass", exc)
 
     RUNTIME.tasks.append(asyncio.create_task(
         _loop("fleet", RUNTIME.cache.subscribe(), fleet_pass, period=HEALTH_PERIOD_SECONDS)))
 
 
-async def _elect(elector: LeaseElector, last_sync: list[float]) -> None:
-    """Renew (or try to take) the lease every few seconds."""
+async def _elect(elector: LeaseElector) -> None:
+    """Renew (or try to take) the lease every retry period; a tick never raises."""
+    term = elector.term
     while True:
-        was = elector.is_leader
-        now_leader = await asyncio.to_thread(elector.tick)
-        if now_leader and not was:
-            last_sync[0] = 0.0  # a new leader re-lists everything before its first decision
-            RUNTIME.cache.wake()
-        await asyncio.sleep(LEASE_RENEW_SECONDS)
+        if await asyncio.to_thread(elector.tick):
+            if elector.term != term:
+                term = elector.term
+                RUNTIME.cache.wake()  # a new leader re-lists and acts at once
+        else:
+            RUNTIME.summaries.clear()  # a standby reports no pools (and a pass may have refilled)
+        await asyncio.sleep(elector.retry_period)
 
 
 @kopf.on.cleanup()
@@ -180,7 +209,7 @@ def _run(args: argparse.Namespace) -> int:
              "on" if args.leader_elect else "off")
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_addr)
-    register_pool_collector(lambda: dict(RUNTIME.summaries),
+    register_pool_collector(lambda: dict(RUNTIME.summaries), leader=RUNTIME.is_leader,
                             depth=lambda: queue_depth(RUNTIME.cache.store("trainingjobs").values()))
     if args.leader_elect:
         namespace = args.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"

@@ -12,6 +12,10 @@ Selection order, as DESIGN.md asks:
 2. Required topology stops at its level; Preferred falls back to spanning as few top-level
    domains as possible (largest first, the last one best-fit), recursively below;
 3. inside a domain, nodes already partly used first (best-fit), so whole nodes stay whole.
+
+Whole devices, shares of one device and MIG instances (a `mig_profile` request takes one free
+instance of that profile per member) go through the same steps: the same eligible nodes, the
+same topology choice and the same packing key (free GPU on the node's usable devices).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ class BestFitSlices:
         idle_spare = sum(1 for d in node.devices if d.healthy and d.idle) - node.opaque_gpus
         best: tuple[int, int, int] | None = None
         for dev in node.devices:
-            if not dev.healthy or dev.index in excluded or dev.free_milli < milli:
+            if not dev.healthy or dev.index in excluded or dev.free_milli < milli or dev.mig:
                 continue
             if memory_mib and dev.memory_mib and dev.free_memory_mib < memory_mib:
                 continue
@@ -147,6 +151,7 @@ def _candidates(snapshot: Snapshot, req: GangRequest) -> tuple[list[_Cand], _Ski
     g = req.whole_gpus
     share = req.share_milli
     share_mem = req.share_memory_mib
+    mig = req.mig_profile
     cpu = req.cpu_milli
     mem = req.memory_mib
     depth = len(snapshot.levels)
@@ -179,7 +184,7 @@ def _candidates(snapshot: Snapshot, req: GangRequest) -> tuple[list[_Cand], _Ski
             idle_all = 0
             idle_ok = 0
             for d in devices:
-                if d.used_milli == 0 and d.shares == 0 and d.healthy:
+                if d.used_milli == 0 and d.shares == 0 and d.healthy and not d.mig:
                     idle_all += 1
                     if bad is None or d.index not in bad:
                         idle_ok += 1
@@ -189,13 +194,22 @@ def _candidates(snapshot: Snapshot, req: GangRequest) -> tuple[list[_Cand], _Ski
             if free // g < k:
                 k = free // g
             pack = free
+        elif mig:
+            fits = 0
+            pack = 0
+            for d in devices:
+                if d.healthy and (bad is None or d.index not in bad):
+                    fits += len(d.free_instances(mig))
+                    pack += WHOLE - d.used_milli
+            if fits < k:
+                k = fits
         elif share:
             idle_spare = -node.opaque_gpus
             fits = 0
             idle_fits = -1
             pack = 0
             for d in devices:
-                if not d.healthy or (bad is not None and d.index in bad):
+                if not d.healthy or d.mig or (bad is not None and d.index in bad):
                     continue
                 n = (WHOLE - d.used_milli) // share
                 if share_mem and d.memory_mib:
@@ -303,6 +317,8 @@ def _unplaceable(
     models = "/".join(sorted(req.models)) if req.models else ""
     if req.whole_gpus:
         what = f"{req.whole_gpus} free {models + ' ' if models else ''}GPU"
+    elif req.mig_profile:
+        what = f"a free {req.mig_profile} MIG instance"
     elif req.share_milli:
         what = f"{req.share_milli}m of one {models + ' ' if models else ''}GPU"
     else:
@@ -345,7 +361,7 @@ def _allocate(
             free = [
                 d.index
                 for d in node.devices
-                if d.healthy and d.used_milli == 0 and d.shares == 0 and d.index not in bad
+                if d.healthy and d.idle and not d.mig and d.index not in bad
             ]
             for r in range(count):
                 picks = free[r * g : (r + 1) * g]
@@ -366,7 +382,12 @@ def _allocate(
             frozen_bad = frozenset(bad)
             for _ in range(count):
                 shares: tuple[DeviceShare, ...] = ()
-                if req.share_milli:
+                if req.mig_profile:
+                    inst = _pick_instance(node, req.mig_profile, frozen_bad)
+                    if inst is None:
+                        return f"{node.name} ran out of free {req.mig_profile} instances"
+                    shares = (DeviceShare(inst[0], req.share_milli, mig_start=inst[1]),)
+                elif req.share_milli:
                     pick = policy.choose_device(
                         node, req.share_milli, req.share_memory_mib, frozen_bad
                     )
@@ -385,6 +406,19 @@ def _allocate(
                 done.append(alloc)
                 member += 1
     return None
+
+
+def _pick_instance(node: Node, profile: str, excluded: frozenset[int]) -> tuple[int, int] | None:
+    """(device, start) of a free instance of `profile`: on the usable device with the least
+    free GPU (best-fit, as shares), then the lowest index and start."""
+    best: tuple[int, int, int] | None = None
+    for dev in node.devices:
+        if not dev.healthy or dev.index in excluded:
+            continue
+        starts = dev.free_instances(profile)
+        if starts and (best is None or (dev.free_milli, dev.index) < best[:2]):
+            best = (dev.free_milli, dev.index, starts[0])
+    return None if best is None else (best[1], best[2])
 
 
 def plan_gang(snapshot: Snapshot, req: GangRequest) -> tuple[list[tuple[Node, int]], str, int]:

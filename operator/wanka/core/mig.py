@@ -6,6 +6,10 @@ occupies `memory_slices` consecutive memory slices starting at one of its allowe
 `placements`, and `max_count` instances of it fit at most. A geometry (the instances on
 one device) is valid when every start is allowed, no memory slices overlap, and compute
 slices and counts stay within limits. The planner repartitions only idle devices.
+
+`plan_repartitions` is what the operator calls after a scheduling cycle: from the pool's
+snapshot and the MIG gangs the cycle could not place, the new geometries to send to the MIG
+manager and, per gang, why it waits (`MIGRepartitioning` or `MIGUnserved`).
 """
 
 from __future__ import annotations
@@ -13,8 +17,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import Literal
 
-COMPUTE_SLICES = 7
+from wanka.core.requests import GangRequest
+from wanka.core.snapshot import Device, Snapshot
+from wanka.units import MIG_COMPUTE_SLICES as COMPUTE_SLICES
+from wanka.units import mig_profile_slices
+
 MEMORY_SLICES = 8
 
 
@@ -207,7 +216,7 @@ def _remainder_value(geo: Geometry, used: Mapping[int, bool]) -> int:
     total = 0
     for inst in geo:
         if not used.get(inst.start):
-            slices = int(inst.profile.split("g.", 1)[0])
+            slices = mig_profile_slices(inst.profile)
             total += slices * slices
     return total
 
@@ -272,7 +281,7 @@ def plan_mig(
                 for i in geo
             ):
                 continue
-            slices = sum(int(p.split("g.", 1)[0]) * n for p, n in served.items())
+            slices = sum(mig_profile_slices(p) * n for p, n in served.items())
             same = (
                 1
                 if tuple((i.profile, i.start) for i in geo)
@@ -298,6 +307,9 @@ def _why_unserved(devices: Sequence[MigDevice], left: Mapping[str, int]) -> list
     out = []
     for profile, n in sorted(left.items()):
         able = [d for d in devices if (t := mig_model(d.model)) and t.profile(profile)]
+        if not devices:
+            out.append(f"{n} x {profile} unserved: no schedulable node with a MIG-capable GPU")
+            continue
         if not able:
             models = sorted({d.model for d in devices}) or ["none"]
             out.append(f"{n} x {profile} unserved: no device model offers it ({', '.join(models)})")
@@ -309,3 +321,148 @@ def _why_unserved(devices: Sequence[MigDevice], left: Mapping[str, int]) -> list
             f"({busy} with running work, {sick} unhealthy); repartitioning only idle devices"
         )
     return out
+
+
+def device_geometry(dev: Device) -> Geometry:
+    """A snapshot device's instances, the held ones in use."""
+    return tuple(MigInstance(p, s, s in dev.mig_held) for s, p in sorted(dev.mig.items()))
+
+
+MigWaitCause = Literal["MIGRepartitioning", "MIGUnserved"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeGeometry:
+    """A node's whole new geometry (device index -> instances; devices not listed stay whole)."""
+
+    node: str
+    geometry: Mapping[int, Geometry]
+    devices: int
+
+
+@dataclass(frozen=True, slots=True)
+class MigWait:
+    cause: MigWaitCause
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Repartitioning:
+    """Geometries to apply, and why each blocked gang waits. A gang not in `waits` has free
+    instances of its profile already: what keeps it out (topology, CPU, a reservation) is
+    the scheduling cycle's reason, and nothing is repartitioned for it."""
+
+    changes: tuple[NodeGeometry, ...]
+    waits: Mapping[str, MigWait]
+
+
+def plan_repartitions(
+    snapshot: Snapshot, blocked: Sequence[GangRequest], allowed: Iterable[str] = ()
+) -> Repartitioning:
+    """Repartition idle devices for the MIG gangs a cycle left waiting on capacity.
+
+    `snapshot` holds what runs plus what the cycle admitted; `blocked` comes in cycle order
+    and asks for all its replicas. Only schedulable nodes count, as in placement. Healthy
+    devices with no held instance and no whole-device allocation may change, except on a
+    node whose last change is still being applied (settling) or where pods of other
+    schedulers hold whole GPUs (which ones is unknown): there the free instances count as
+    supply but nothing changes. Free instances on a node a gang excluded (it failed there)
+    do not count for that gang's profile.
+    """
+    demand: dict[str, int] = {}
+    not_for: dict[str, set[str]] = {}  # node -> profiles its free instances do not serve
+    for req in blocked:
+        if req.mig_profile:
+            demand[req.mig_profile] = demand.get(req.mig_profile, 0) + req.replicas
+            for name in req.excluded_nodes:
+                not_for.setdefault(name, set()).add(req.mig_profile)
+    devices: list[MigDevice] = []
+    for node in snapshot.nodes.values():
+        if not node.schedulable or mig_model(node.model) is None:
+            continue
+        skip = not_for.get(node.name, set())
+        for dev in node.devices:
+            if not dev.mig and not dev.idle:
+                continue  # a whole device in use: neither supply nor ours to carve
+            geo = tuple(
+                MigInstance(i.profile, i.start, i.in_use or i.profile in skip)
+                for i in device_geometry(dev)
+            )
+            frozen = dev.mig_settling or node.opaque_gpus > 0
+            devices.append(MigDevice(node.name, dev.index, dev.model, geo, dev.healthy, frozen))
+    plan = plan_mig(devices, demand, allowed)
+    changes = _by_node(snapshot, plan.changes)
+    free_now = _free(d for d in devices if not d.settling)
+    # In cycle order each gang takes free instances, then those being created, then those
+    # the changes create; a gang left short is unserved.
+    budgets = {
+        p: [min(free_now.get(p, 0), n), plan.from_existing.get(p, 0), plan.from_changes.get(p, 0)]
+        for p, n in demand.items()
+    }
+    for b in budgets.values():
+        b[1] -= b[0]
+    coming = _offering([d for d in devices if d.settling], changes)
+    waits: dict[str, MigWait] = {}
+    for req in blocked:
+        profile = req.mig_profile
+        if not profile:
+            continue
+        left, used = req.replicas, []
+        for budget in budgets[profile]:
+            used.append(min(budget, left))
+            left -= used[-1]
+        budgets[profile] = [b - u for b, u in zip(budgets[profile], used, strict=True)]
+        if left:
+            why = [r for r in plan.reasons if r.split(" unserved", 1)[0].endswith(f" {profile}")]
+            waits[req.owner] = MigWait(
+                "MIGUnserved", "; ".join(why) or f"no idle device can be partitioned for {profile}"
+            )
+        elif used[1] or used[2]:
+            where = ", ".join(coming.get(profile, ()))
+            waits[req.owner] = MigWait(
+                "MIGRepartitioning",
+                f"waiting for the MIG manager on {where} to create {profile} instances",
+            )
+    return Repartitioning(changes, waits)
+
+
+def _free(devices: Iterable[MigDevice]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in devices:
+        if d.healthy:
+            for i in d.geometry:
+                if not i.in_use:
+                    out[i.profile] = out.get(i.profile, 0) + 1
+    return out
+
+
+def _offering(settling: Sequence[MigDevice], changes: Sequence[NodeGeometry]) -> dict[str, list[str]]:
+    """profile -> nodes (sorted) where instances of it are being or will be created."""
+    out: dict[str, set[str]] = {}
+    for d in settling:
+        for i in d.geometry:
+            out.setdefault(i.profile, set()).add(d.node)
+    for c in changes:
+        for geo in c.geometry.values():
+            for i in geo:
+                out.setdefault(i.profile, set()).add(c.node)
+    return {p: sorted(nodes) for p, nodes in out.items()}
+
+
+def _by_node(snapshot: Snapshot, changes: Sequence[MigChange]) -> tuple[NodeGeometry, ...]:
+    """Per changed node, its whole new geometry: the changed devices plus every other one."""
+    touched: dict[str, dict[int, Geometry]] = {}
+    for c in changes:
+        geometry = touched.get(c.node)
+        if geometry is None:
+            node = snapshot.node(c.node)
+            geometry = touched[c.node] = {
+                d.index: tuple(MigInstance(p, s) for s, p in sorted(d.mig.items()))
+                for d in node.devices
+                if d.mig
+            }
+        geometry[c.index] = tuple(MigInstance(i.profile, i.start) for i in c.new)
+    return tuple(
+        NodeGeometry(name, geo, len(snapshot.node(name).devices))
+        for name, geo in sorted(touched.items())
+    )

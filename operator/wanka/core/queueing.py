@@ -44,7 +44,17 @@ from wanka.core.requests import GangRequest
 from wanka.core.snapshot import WHOLE, Snapshot, Transaction
 
 WithinQueue = Literal["Never", "LowerPriority"]
-WaitCause = Literal["NoQueue", "Quota", "Capacity", "Reserved", "Preempting", "Blocked", "Skipped"]
+WaitCause = Literal[
+    "NoQueue",
+    "Quota",
+    "Capacity",
+    "Reserved",
+    "Preempting",
+    "Blocked",
+    "Skipped",
+    "MIGRepartitioning",  # set by core.mig.plan_repartitions for capacity-blocked MIG gangs
+    "MIGUnserved",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +182,7 @@ def _shape(req: GangRequest) -> tuple[object, ...]:
         req.whole_gpus,
         req.share_milli,
         req.share_memory_mib,
+        req.mig_profile,
         req.cpu_milli,
         req.memory_mib,
         req.models,
@@ -192,8 +203,7 @@ class QuotaBook:
 
     A queue may use its nominal quota; beyond it, it borrows up to its borrowing limit, and
     only from the cohort's unused quota (the cohort: every queue with a quota in the pool).
-    The scheduling cycle keeps one per cycle; paths that place without a cycle (MIG) use
-    one too, so every pool charges quotas the same way.
+    The scheduling cycle keeps one per cycle.
     """
 
     def __init__(self, queues: Mapping[str, QueueSpec]) -> None:
@@ -359,7 +369,8 @@ class _Cycle:
     def candidates(self, req: GangRequest) -> list[GangRequest]:
         spec = self.queues[req.queue]
         quota = spec.quota(req.pool)
-        assert quota is not None
+        if quota is None:
+            return []  # no quota on the pool: nothing to reclaim, and it waits on "Quota"
         own = self.usage.get((req.queue, req.pool), 0)
         may_reclaim = spec.reclaim_borrowed and own + req.total_milli <= quota.nominal_milli
         out = []

@@ -12,24 +12,13 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from wanka.core.snapshot import WHOLE
+from wanka.units import WHOLE, mig_profile_slices, mig_share_milli
 
 TopologyMode = Literal["Required", "Preferred"]
-
-# NVIDIA MIG GPUs have seven compute slices; a profile counts as its share of them.
-MIG_COMPUTE_SLICES = 7
 
 
 class InvalidRequest(ValueError):
     """Raised when a request contradicts itself (e.g. both whole GPUs and a fraction)."""
-
-
-def mig_profile_slices(profile: str) -> int:
-    """Compute slices of a MIG profile name such as "3g.40gb" (the number before "g.")."""
-    head = profile.split("g.", 1)[0]
-    if not head.isdigit() or "g." not in profile:
-        raise InvalidRequest(f"MIG profile {profile!r} is not of the form <n>g.<mem>gb")
-    return int(head)
 
 
 def mig_profile_memory_mib(profile: str) -> int:
@@ -92,7 +81,10 @@ class GangRequest:
                 f"{self.owner}: gpu_milli above one device must be whole devices (use gpus)"
             )
         if self.mig_profile:
-            mig_profile_slices(self.mig_profile)
+            try:
+                mig_profile_slices(self.mig_profile)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc)) from None
             mig_profile_memory_mib(self.mig_profile)
 
     # --- derived shape -------------------------------------------------------------------
@@ -107,8 +99,7 @@ class GangRequest:
     def share_milli(self) -> int:
         """Milli-GPU of ONE device per replica for fractional and MIG forms, else 0."""
         if self.mig_profile:
-            # floor keeps seven 1g instances (7 x 142) within one device
-            return mig_profile_slices(self.mig_profile) * WHOLE // MIG_COMPUTE_SLICES
+            return mig_share_milli(self.mig_profile)
         return self.gpu_milli if 0 < self.gpu_milli < WHOLE else 0
 
     @property

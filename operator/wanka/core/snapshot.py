@@ -1,8 +1,10 @@
 """A plain-data snapshot of the fleet that placement decisions read and tentatively modify.
 
 Units are integers so sums never drift: GPU shares in milli-GPU (1000 = one whole device),
-CPU in millicores, memory in MiB. What-if changes (dry runs, preemption) use a
-`Transaction`, which records an undo log instead of copying the fleet.
+CPU in millicores, memory in MiB. A MIG-partitioned device is held instance by instance
+(each worth its `wanka.units.mig_share_milli`), never whole or by fraction. What-if changes
+(dry runs, preemption) use a `Transaction`, which records an undo log instead of copying
+the fleet.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-WHOLE = 1000  # milli-GPU in one device
+from wanka.units import WHOLE as WHOLE  # milli-GPU in one device (re-exported for the core)
+from wanka.units import mig_share_milli
 
 HealthState = Literal["Healthy", "Sick", "Recovering", "Quarantined"]
 
@@ -32,6 +35,17 @@ class Device:
     used_milli: int = 0
     used_memory_mib: int = 0
     shares: int = 0  # how many allocations currently hold a piece of this device
+    # MIG geometry: start memory slice -> profile of each instance; empty for a whole device.
+    mig: dict[int, str] = field(default_factory=dict)
+    mig_held: set[int] = field(default_factory=set)  # starts of the instances allocations hold
+    # A new geometry is being applied: its instances are planned for but not placeable yet.
+    mig_settling: bool = False
+
+    def free_instances(self, profile: str) -> list[int]:
+        """Starts of the placeable, unheld instances of `profile`, lowest first."""
+        if self.mig_settling:
+            return []
+        return sorted(s for s, p in self.mig.items() if p == profile and s not in self.mig_held)
 
     @property
     def free_milli(self) -> int:
@@ -106,6 +120,7 @@ class DeviceShare:
     index: int
     milli: int = WHOLE
     memory_mib: int = 0
+    mig_start: int | None = None  # a MIG instance: its start memory slice on the device
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +203,9 @@ class Snapshot:
                 return f"device {share.index} on {node.name} is invalid or repeated"
             seen.add(share.index)
             dev = node.devices[share.index]
+            mig = _check_mig(node.name, dev, share)
+            if mig is not None:
+                return mig
             if not 0 < share.milli <= WHOLE or share.milli > dev.free_milli:
                 return f"device {share.index} on {node.name} has {dev.free_milli}m free, needs {share.milli}m"
             if share.memory_mib and dev.memory_mib and share.memory_mib > dev.free_memory_mib:
@@ -212,6 +230,8 @@ class Snapshot:
             dev.used_milli += share.milli
             dev.used_memory_mib += share.memory_mib
             dev.shares += 1
+            if share.mig_start is not None:
+                dev.mig_held.add(share.mig_start)
         self.allocations[alloc.key] = alloc
         self._by_owner.setdefault(alloc.owner, set()).add(alloc.member)
 
@@ -233,6 +253,8 @@ class Snapshot:
                     dev.used_milli -= share.milli
                     dev.used_memory_mib -= share.memory_mib
                     dev.shares -= 1
+                    if share.mig_start is not None:
+                        dev.mig_held.discard(share.mig_start)
             self._by_owner[owner].discard(m)
             if not self._by_owner[owner]:
                 del self._by_owner[owner]
@@ -258,6 +280,21 @@ class Snapshot:
             "allocated_milli": self.allocated_milli(),
             "allocations": len(self.allocations),
         }
+
+
+def _check_mig(node: str, dev: Device, share: DeviceShare) -> str | None:
+    """Why `share` cannot hold its MIG instance (or, not being one, a partitioned device)."""
+    where = f"device {share.index} on {node}"
+    if share.mig_start is None:
+        return f"{where} is MIG-partitioned: only its instances can be held" if dev.mig else None
+    profile = dev.mig.get(share.mig_start)
+    if profile is None:
+        return f"{where} has no MIG instance at memory slice {share.mig_start}"
+    if share.mig_start in dev.mig_held:
+        return f"{where}: the {profile} instance at slice {share.mig_start} is already held"
+    if share.milli != mig_share_milli(profile):
+        return f"{where}: a {profile} instance is {mig_share_milli(profile)}m, not {share.milli}m"
+    return None
 
 
 class Transaction:
