@@ -8,12 +8,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/wanka
 # Only what the wheel is built from (see .dockerignore).
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY operator/ operator/
-# Build the wheel, then install it with the nvml extra (the agent's probe). Never the examples
+# Build the wheel, then install it with the nvml extra (the agent's probe), every dependency at
+# the version constraints.txt (the lock file, `make lock`) pins. Never the examples
 # extra: it pulls torch, which the operator does not use.
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/wanka/bin/pip install "$(ls /wheels/wanka-*.whl)[nvml]" \
+ && /opt/wanka/bin/pip install -c constraints.txt "$(ls /wheels/wanka-*.whl)[nvml]" \
  && /opt/wanka/bin/wanka --help >/dev/null
 
 FROM ${PYTHON_IMAGE}

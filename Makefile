@@ -4,21 +4,25 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
+OPENB ?= ../shared/data/openb
 
-.PHONY: help venv binaries tools cluster-up cluster-down crds crds-check lint test test-unit test-integration chart-test kind-up kind-down demo sim
+.PHONY: help venv lock binaries tools cluster-up cluster-down crds crds-check docs lint test test-unit test-integration chart-test kind-up kind-down demo sim
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet -e '.[test,sim,examples,dev]'
+	$(VPY) -m pip install --quiet -c constraints.txt -e '.[test,sim,examples,dev]'
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-venv: $(STAMP) ## create .venv and install Wanka with its test dependencies
+venv: $(STAMP) ## create .venv and install Wanka with its test dependencies, pinned by constraints.txt
+
+lock: ## re-resolve every dependency and rewrite constraints.txt (then commit it)
+	PY=$(PY) bash hack/lock.sh
 
 binaries: ## build (or reuse) kube-apiserver, controller-manager, etcd and kwok from Go modules
 	@bash hack/build-binaries.sh
@@ -29,17 +33,24 @@ cluster-up: venv binaries ## start the local control plane; kubeconfig in .wanka
 cluster-down: venv ## stop every process cluster-up started and remove its state
 	$(VPY) -m wanka.cli dev down --state-dir .wanka
 
-crds: venv ## regenerate crds/ (and the chart's copy) from the API models
+crds: venv ## regenerate crds/ (and the chart's copy) and docs/api.md from the API models
 	$(VPY) -m wanka.cli crds --out crds --out charts/wanka/crds
+	$(VPY) -m hack.api_reference
 
-crds-check: venv ## fail if crds/ is stale
+crds-check: venv ## fail if crds/ or docs/api.md is stale
 	$(VPY) -m wanka.cli crds --out crds --out charts/wanka/crds --check
+	$(VPY) -m hack.api_reference --check
 
-lint: venv ## ruff, import layering contract, mypy --strict, stale CRDs
+docs: venv ## regenerate the chart's README (values table) and docs/api.md
+	$(VPY) -m hack.chart_readme
+	$(VPY) -m hack.api_reference
+
+lint: venv ## ruff, import layering contract, mypy --strict, stale CRDs and generated docs
 	$(VENV)/bin/ruff check operator tests bench hack examples
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(MAKE) --no-print-directory crds-check
+	$(VPY) -m hack.chart_readme --check
 
 test-unit: venv ## the pure core, fast, no cluster
 	$(VPY) -m pytest tests/unit -q $(PYTEST_ARGS)
@@ -65,7 +76,7 @@ kind-down: ## delete the kind cluster
 demo: venv binaries ## local cluster, 16 simulated 8-GPU nodes in 2 racks, a pool, the operator; KEEP=1 leaves it up
 	$(VPY) hack/demo.py $(if $(KEEP),--keep,)
 
-sim: venv ## replay the OpenB trace with every policy (see docs/simulator.md)
-	$(VPY) -m wanka.cli simulate --nodes ../shared/data/openb/openb_node_list_gpu_node.csv \
-	  --pods ../shared/data/openb/openb_pod_list_default.csv --policy all --seeds 5 \
+sim: venv ## replay the OpenB trace with every policy; OPENB=folder of its CSVs (docs/simulator.md)
+	$(VPY) -m wanka.cli simulate --nodes $(OPENB)/openb_node_list_gpu_node.csv \
+	  --pods $(OPENB)/openb_pod_list_default.csv --policy all --seeds 5 \
 	  --json out/openb-default.json --plot out/openb-default.png

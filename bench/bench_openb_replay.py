@@ -8,7 +8,7 @@ seed) and summary also go to `openb-<trace>.json` there, in `wanka simulate`'s f
 
     python bench/bench_openb_replay.py [--seeds 10] [--seeds-other 5]
         [--traces default,gpuspec33,...] [--policies all] [--jobs 2]
-        [--data /work/shared/data/openb] [--out results.json]
+        [--data DIR (default $OPENB, else ../shared/data/openb)] [--out results.json]
         [--results-dir docs/results] [--plot-dir docs/img]
 """
 
@@ -33,7 +33,9 @@ TRACES = ("default", "gpuspec33", "gpushare40", "multigpu20")
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="/work/shared/data/openb")
+    beside = Path(__file__).resolve().parents[2] / "shared/data/openb"
+    parser.add_argument("--data", default=os.environ.get("OPENB", str(beside)),
+                        help="folder of the OpenB CSVs (default: $OPENB, else shared/data/openb beside the repo)")
     parser.add_argument("--traces", default=",".join(TRACES))
     parser.add_argument("--policies", default="all")
     parser.add_argument("--seeds", type=int, default=10)

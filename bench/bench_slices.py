@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -58,7 +59,9 @@ def pct(values: list[float], q: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="/work/shared/data/openb")
+    beside = Path(__file__).resolve().parents[2] / "shared/data/openb"
+    parser.add_argument("--data", default=os.environ.get("OPENB", str(beside)),
+                        help="folder of the OpenB CSVs (default: $OPENB, else shared/data/openb beside the repo)")
     parser.add_argument("--trace", default="default")
     parser.add_argument("--policies", default="wanka,fgd")
     parser.add_argument("--load", type=float, default=80.0)

@@ -11,7 +11,34 @@ CACHE_ROOT="${WANKA_BIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wanka/bin}"
 OUT="$CACHE_ROOT/k8s-${KUBE_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}"
 BINARIES=(kube-apiserver kube-controller-manager etcd kwok)
 
-log() { echo "[build-binaries] $*" >&2; }
+START=$(date +%s)
+elapsed() { local s=$(( $(date +%s) - START )); printf '%dm%02ds' $((s / 60)) $((s % 60)); }
+log() { echo "[build-binaries $(elapsed)] $*" >&2; }
+
+# Runs a long command, saying every HEARTBEAT seconds that it is still at work (go build itself
+# prints nothing for minutes); its own output goes to stderr as it comes.
+HEARTBEAT="${WANKA_BUILD_HEARTBEAT:-15}"
+step() {
+  local what="$1"; shift
+  log "$what: $*"
+  local t0; t0=$(date +%s)
+  "$@" >&2 &
+  local pid=$!
+  while ! wait_for_pid "$pid" "$HEARTBEAT"; do
+    log "$what: still running ($(( $(date +%s) - t0 ))s in this step)"
+  done
+  wait "$pid" || { log "$what failed"; return 1; }
+  log "$what: done in $(( $(date +%s) - t0 ))s"
+}
+# True once `pid` has exited, false if it is still running after `seconds`.
+wait_for_pid() {
+  local pid="$1" i
+  for (( i = 0; i < $2 * 5; i++ )); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.2
+  done
+  ! kill -0 "$pid" 2>/dev/null
+}
 
 have_all() {
   local b
@@ -35,15 +62,15 @@ build_etcd() {
   log "building etcd $ETCD_VERSION"
   mkdir -p "$WORK/etcd" && cd "$WORK/etcd"
   go mod init wanka.local/etcdbin >/dev/null 2>&1
-  go get -tool "go.etcd.io/etcd/server/v3@${ETCD_VERSION}"
-  go build -trimpath -o "$OUT/etcd.tmp" go.etcd.io/etcd/server/v3
+  step "etcd: download modules" go get -tool "go.etcd.io/etcd/server/v3@${ETCD_VERSION}"
+  step "etcd: compile" go build -trimpath -o "$OUT/etcd.tmp" go.etcd.io/etcd/server/v3
   mv "$OUT/etcd.tmp" "$OUT/etcd"
 }
 
 build_kwok() {
   [ -x "$OUT/kwok" ] && return 0
   log "building kwok $KWOK_VERSION"
-  GOBIN="$WORK/kwokbin" go install "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}"
+  step "kwok: download and compile" env GOBIN="$WORK/kwokbin" go install "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}"
   mv "$WORK/kwokbin/kwok" "$OUT/kwok"
 }
 
@@ -65,23 +92,23 @@ build_kube() {
       while read -r mod; do echo "replace $mod => $mod $staging"; done
   } > go.mod
   log "$(grep -c '^replace' go.mod) staging modules replaced with $staging"
-  go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@${KUBE_VERSION}" "k8s.io/kubernetes/cmd/kube-controller-manager@${KUBE_VERSION}"
-  go mod tidy
+  step "kube: download modules" go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@${KUBE_VERSION}" "k8s.io/kubernetes/cmd/kube-controller-manager@${KUBE_VERSION}"
+  step "kube: go mod tidy" go mod tidy
   local minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
   local ldflags=""
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X ${pkg}.gitVersion=${KUBE_VERSION} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=${minor}"
     ldflags+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=1970-01-01T00:00:00Z"
   done
-  go build -trimpath -ldflags "-s -w${ldflags}" -o "$WORK/kubeout/" \
+  step "kube: compile (the longest step, often 10+ minutes)" go build -trimpath -ldflags "-s -w${ldflags}" -o "$WORK/kubeout/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
   mv "$WORK/kubeout/kube-apiserver" "$WORK/kubeout/kube-controller-manager" "$OUT/"
 }
 
-start=$(date +%s)
+log "building into $OUT (one time; later runs reuse it)"
 build_etcd
 build_kwok
 build_kube
 have_all || { log "some binaries are missing in $OUT"; exit 1; }
-log "built in $(( $(date +%s) - start ))s"
+log "all built"
 echo "$OUT"

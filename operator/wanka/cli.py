@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+
+from wanka import __version__
+from wanka.argparsing import Parser
 
 # subcommand -> module exposing `register(subparsers)`; each module sets `func` on its parser.
 SUBCOMMANDS: dict[str, str] = {
@@ -20,8 +24,10 @@ SUBCOMMANDS: dict[str, str] = {
 
 
 def build_parser(names: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wanka", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = Parser(prog="wanka", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"wanka {__version__}",
+                        help="print Wanka's version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for name in names or SUBCOMMANDS:
         importlib.import_module(SUBCOMMANDS[name]).register(sub)
     return parser
@@ -31,13 +37,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Import only the subcommand asked for, so `wanka simulate` never loads the Kubernetes client.
     chosen = [argv[0]] if argv and argv[0] in SUBCOMMANDS else None
-    if chosen:
-        module = importlib.import_module(SUBCOMMANDS[chosen[0]])
-        if getattr(module, "PASSTHROUGH", False):
-            return int(module.main(argv[1:]) or 0)
-    args = build_parser(chosen).parse_args(argv)
-    result = args.func(args)
-    return int(result or 0)
+    try:
+        if chosen:
+            module = importlib.import_module(SUBCOMMANDS[chosen[0]])
+            if getattr(module, "PASSTHROUGH", False):
+                return int(module.main(argv[1:]) or 0)
+        args = build_parser(chosen).parse_args(argv)
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        # `wanka run` logs its own failures (as JSON when asked); WANKA_DEBUG=1 shows the traceback.
+        if chosen == ["run"] or os.environ.get("WANKA_DEBUG"):
+            raise
+        print(f"wanka: error: {_describe(exc)}", file=sys.stderr)
+        return 1
+
+
+def _describe(exc: Exception) -> str:
+    if "kubernetes" in sys.modules or "urllib3" in sys.modules:
+        from wanka.cluster.errors import describe
+
+        return describe(exc)
+    if isinstance(exc, FileNotFoundError):
+        return f"no such file: {exc.filename or exc}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 if __name__ == "__main__":

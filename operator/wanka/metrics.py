@@ -65,13 +65,16 @@ def _always() -> bool:
 
 
 class PoolCollector(Collector):
-    """Pool gauges read at scrape time from the latest summaries (no stale series), and only
-    on the leader: a standby's summaries are whatever it saw when it last led."""
+    """Pool and queue gauges read at scrape time from the latest summaries and the cache's jobs
+    (no stale series), and only on the leader: a standby's summaries are whatever it saw when it
+    last led."""
 
     def __init__(self, source: Callable[[], Mapping[str, PoolSummary]],
-                 leader: Callable[[], bool] = _always) -> None:
+                 leader: Callable[[], bool] = _always,
+                 depth: Callable[[], Mapping[tuple[str, str], int]] = dict) -> None:
         self.source = source
         self.leader = leader
+        self.depth = depth
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         leading = self.leader()
@@ -80,16 +83,22 @@ class PoolCollector(Collector):
         if not leading:
             return
         pools = self.source()
-        gpus = GaugeMetricFamily("wanka_pool_gpus", "GPUs of a pool by state", labels=["pool", "state"])
+        capacity = GaugeMetricFamily("wanka_pool_gpus_capacity", "GPUs of a pool, whatever their state",
+                                     labels=["pool"])
+        allocatable = GaugeMetricFamily(
+            "wanka_pool_gpus_allocatable", "GPUs of a pool that can take work: healthy, on schedulable nodes",
+            labels=["pool"])
+        gpus = GaugeMetricFamily(
+            "wanka_pool_gpus",
+            "GPU-equivalents of a pool by state; the states add up to wanka_pool_gpus_capacity",
+            labels=["pool", "state"])
         nodes = GaugeMetricFamily("wanka_pool_nodes", "Nodes of a pool by health", labels=["pool", "health"])
         devices = GaugeMetricFamily("wanka_pool_devices", "Devices of a pool by use",
                                     labels=["pool", "use"])
         for name, s in sorted(pools.items()):
-            for state, value in (
-                ("total", s.gpus_total), ("allocatable", s.gpus_allocatable),
-                ("allocated", s.gpus_allocated), ("free", s.gpus_free),
-                ("stranded", s.gpus_stranded), ("sick", s.sick_devices),
-            ):
+            capacity.add_metric([name], float(s.gpus_total))
+            allocatable.add_metric([name], float(s.gpus_allocatable))
+            for state, value in s.gpu_parts().items():
                 gpus.add_metric([name, state], float(value))
             for health, count in (
                 ("healthy", s.nodes_healthy), ("sick", s.nodes_sick),
@@ -99,15 +108,24 @@ class PoolCollector(Collector):
             for use, count in (("idle", max(0, s.devices_idle)), ("shared", s.devices_shared),
                                ("full", s.devices_full), ("unhealthy", s.sick_devices)):
                 devices.add_metric([name, use], float(count))
+        depth = GaugeMetricFamily("wanka_queue_pending_jobs",
+                                  "TrainingJobs waiting for a placement, by tenant queue and pool",
+                                  labels=["queue", "pool"])
+        for (queue, pool), count in sorted(self.depth().items()):
+            depth.add_metric([queue, pool], float(count))
+        yield capacity
+        yield allocatable
         yield gpus
         yield nodes
         yield devices
+        yield depth
 
 
 def register_pool_collector(
     source: Callable[[], Mapping[str, PoolSummary]], registry: CollectorRegistry = REGISTRY,
     leader: Callable[[], bool] = _always,
+    depth: Callable[[], Mapping[tuple[str, str], int]] = dict,
 ) -> PoolCollector:
-    collector = PoolCollector(source, leader)
+    collector = PoolCollector(source, leader, depth)
     registry.register(collector)
     return collector

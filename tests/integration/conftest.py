@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -80,10 +81,14 @@ class Cluster:
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
+def cluster(pytestconfig: pytest.Config) -> Iterator[Cluster]:
     state = Path(tempfile.mkdtemp(prefix="wanka-it-"))
     local = LocalCluster(state)
+    # The first run builds the control plane for many minutes: let its progress through.
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     try:
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            local.binaries()
         local.up()
     except ClusterStartError as exc:
         # ERROR, never skip: the message carries the failing component's log tail.

@@ -136,7 +136,10 @@ def test_metrics_endpoint_reports_pools(cluster: Cluster, operator: OperatorProc
     wait_for(lambda: gpus(cluster, pool).get("total") == 16, 15, what="16 GPUs")
     text = wait_for(lambda: (t := operator.metrics()) and f'pool="{pool}"' in t and t, 10,
                     what="pool series in /metrics")
-    assert f'wanka_pool_gpus{{pool="{pool}",state="total"}} 16.0' in text
+    assert f'wanka_pool_gpus_capacity{{pool="{pool}"}} 16.0' in text
+    parts = {line.split("state=\"")[1].split("\"")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+             if line.startswith(f'wanka_pool_gpus{{pool="{pool}",')}
+    assert sum(parts.values()) == 16, parts
     assert "wanka_build_info" in text
     try:
         cluster.delete("gpupools", pool)

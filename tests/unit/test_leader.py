@@ -270,7 +270,7 @@ def scrape(leading: bool) -> dict[str, list[Any]]:
 def test_only_the_leader_exports_pool_gauges() -> None:
     leader, standby = scrape(True), scrape(False)
     assert [s.value for s in leader["wanka_leader"]] == [1.0]
-    assert any(s.labels == {"pool": "p", "state": "total"} and s.value == 16 for s in leader["wanka_pool_gpus"])
+    assert [(s.labels, s.value) for s in leader["wanka_pool_gpus_capacity"]] == [({"pool": "p"}, 16)]
     assert [s.value for s in standby["wanka_leader"]] == [0.0]
     assert set(standby) == {"wanka_leader"}
 

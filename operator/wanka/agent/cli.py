@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=os.environ.get("NODE_NAME"),
         help="the Node to write onto (default: $NODE_NAME, set from the downward API)",
     )
-    parser.add_argument("--probe", choices=("nvml", "file"), default="nvml")
+    parser.add_argument("--probe", choices=("nvml", "file"), default="nvml",
+                        help="read devices through NVML, or from --fault-file for tests and demos (default nvml)")
     parser.add_argument("--fault-file", help="JSON fault file for --probe file (see docs)")
     parser.add_argument(
         "--interval", type=float, default=30.0, help="seconds between probes and heartbeats"

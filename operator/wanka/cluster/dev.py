@@ -10,7 +10,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from wanka.cluster.kube import api_client
+from wanka.cluster.kube import KUBECONFIG_HELP, api_client
 from wanka.cluster.localcluster import KWOK_NODE_ANNOTATION, ClusterStartError, LocalCluster, write_private
 
 DEFAULT_STATE = Path(".wanka")
@@ -129,21 +129,22 @@ def register(sub: Any) -> None:
     dev = parser.add_subparsers(dest="dev_command", required=True, metavar="DEV_COMMAND")
 
     up = dev.add_parser("up", help="start etcd, kube-apiserver, controller-manager and kwok")
-    up.add_argument("--state-dir", default=str(DEFAULT_STATE))
+    up.add_argument("--state-dir", default=str(DEFAULT_STATE),
+                    help="PKI, etcd data, logs and kubeconfig go here (default %(default)s)")
     up.set_defaults(func=_up)
 
     down = dev.add_parser("down", help="stop the local control plane and remove its state")
-    down.add_argument("--state-dir", default=str(DEFAULT_STATE))
+    down.add_argument("--state-dir", default=str(DEFAULT_STATE), help="what `dev up` used (default %(default)s)")
     down.set_defaults(func=_down)
 
     nodes = dev.add_parser("nodes", help="create simulated GPU nodes (kwok)")
-    nodes.add_argument("--count", type=int, required=True)
-    nodes.add_argument("--gpus-per-node", type=int, default=8)
-    nodes.add_argument("--model", default="H100-80GB")
-    nodes.add_argument("--racks", type=int, default=1)
-    nodes.add_argument("--prefix", default="gpu")
+    nodes.add_argument("--count", type=int, required=True, help="how many nodes")
+    nodes.add_argument("--gpus-per-node", type=int, default=8, help="GPUs each node offers (default %(default)s)")
+    nodes.add_argument("--model", default="H100-80GB", help="GPU model label (default %(default)s)")
+    nodes.add_argument("--racks", type=int, default=1, help="racks to spread them over (default %(default)s)")
+    nodes.add_argument("--prefix", default="gpu", help="node name prefix (default %(default)s)")
     nodes.add_argument("--start", type=int, default=0, help="index of the first node")
-    nodes.add_argument("--resource", default="nvidia.com/gpu")
-    nodes.add_argument("--label", action="append", default=[], metavar="K=V")
-    nodes.add_argument("--kubeconfig", default=None)
+    nodes.add_argument("--resource", default="nvidia.com/gpu", help="the GPUs' extended resource (default %(default)s)")
+    nodes.add_argument("--label", action="append", default=[], metavar="K=V", help="extra node label (repeat)")
+    nodes.add_argument("--kubeconfig", default=None, help=KUBECONFIG_HELP)
     nodes.set_defaults(func=_nodes)

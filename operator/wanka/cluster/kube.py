@@ -9,6 +9,8 @@ from typing import Any
 from kubernetes import client, config
 
 LOCAL_KUBECONFIG = Path(".wanka/kubeconfig")
+KUBECONFIG_HELP = "kubeconfig file (default: $KUBECONFIG, .wanka/kubeconfig, in-cluster, ~/.kube/config)"
+IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # (connect, read) seconds for any call that names no timeout of its own: a hung API server
 # fails the call, and the pass that made it, instead of blocking it forever.
 REQUEST_TIMEOUT = (5.0, 30.0)
@@ -28,20 +30,45 @@ class DeadlineApiClient(client.ApiClient):  # type: ignore[misc]  # the client i
                                _preload_content, _request_timeout or self.request_timeout)
 
 
-def api_client(kubeconfig: str | os.PathLike[str] | None = None) -> client.ApiClient:
-    """An ApiClient (with a timeout on every call) for the given kubeconfig, else $KUBECONFIG,
-    .wanka/kubeconfig, in-cluster, then ~/.kube/config, in that order."""
+def kubeconfig_path(kubeconfig: str | os.PathLike[str] | None = None) -> str | None:
+    """The kubeconfig file Wanka reads: the one given, else $KUBECONFIG, else .wanka/kubeconfig;
+    None means in-cluster (in a pod) or ~/.kube/config."""
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if not path and LOCAL_KUBECONFIG.exists():
         path = LOCAL_KUBECONFIG
+    return str(path) if path else None
+
+
+def api_client(kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None) -> client.ApiClient:
+    """An ApiClient (with a timeout on every call) for the given kubeconfig, else $KUBECONFIG,
+    .wanka/kubeconfig, in-cluster, then ~/.kube/config, in that order; `context` picks a
+    kubeconfig context other than the current one."""
+    path = kubeconfig_path(kubeconfig)
     cfg = client.Configuration()
     if path:
-        config.load_kube_config(config_file=str(path), client_configuration=cfg)
-    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
+    elif os.environ.get("KUBERNETES_SERVICE_HOST") and not context:
         config.load_incluster_config(client_configuration=cfg)
     else:
-        config.load_kube_config(client_configuration=cfg)
+        config.load_kube_config(context=context, client_configuration=cfg)
     return DeadlineApiClient(configuration=cfg)
+
+
+def default_namespace(kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None) -> str:
+    """The namespace of the kubeconfig context in use (kubectl's default), else the pod's own
+    namespace in a cluster, else "default"."""
+    path = kubeconfig_path(kubeconfig)
+    if path or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        try:
+            contexts, current = config.list_kube_config_contexts(config_file=path)
+        except (config.ConfigException, OSError):
+            return "default"
+        chosen = next((c for c in contexts if c.get("name") == context), None) if context else current
+        return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
+    try:
+        return IN_CLUSTER_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
 
 
 def connection_settings(api: client.ApiClient) -> dict[str, object]:

@@ -14,11 +14,14 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import yaml
 
@@ -32,18 +35,22 @@ class ClusterStartError(RuntimeError):
     """A component did not come up; the message carries the tail of its log."""
 
 
-def build_binaries() -> Path:
-    """Build (or reuse) the control-plane binaries; returns their directory."""
-    env = dict(os.environ)
-    proc = subprocess.run(
-        ["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, env=env, check=False
-    )
-    if proc.returncode != 0:
+def build_binaries(echo: TextIO | None = None, script: Path = BUILD_SCRIPT) -> Path:
+    """Build (or reuse) the control-plane binaries; returns their directory. What the build says
+    (steps, elapsed time) is copied line by line to `echo`, stderr by default, as it happens."""
+    echo = echo or sys.stderr
+    tail: deque[str] = deque(maxlen=40)
+    proc = subprocess.Popen(["bash", str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        tail.append(line.rstrip("\n"))
+        echo.write(line)
+        echo.flush()
+    if proc.wait() != 0:
         raise ClusterStartError(
-            f"building the control-plane binaries failed ({BUILD_SCRIPT}):\n"
-            + "\n".join((proc.stderr or proc.stdout).splitlines()[-40:])
-        )
-    return Path(proc.stdout.strip().splitlines()[-1])
+            f"building the control-plane binaries failed ({script}):\n" + "\n".join(tail))
+    return Path(tail[-1].strip())
 
 
 def free_port() -> int:
@@ -185,12 +192,18 @@ class LocalCluster:
         except (urllib.error.URLError, OSError, ssl.SSLError):
             return False
 
+    def binaries(self) -> Path:
+        """The control plane's binaries, built on first use (slow: minutes, with progress)."""
+        if self.bin_dir is None:
+            self.bin_dir = build_binaries()
+        return self.bin_dir
+
     def up(self, timeout: float = 120) -> Path:
         """Start every component and return the admin kubeconfig path."""
         if self._pids():
             self.down()
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        bins = self.bin_dir or build_binaries()
+        bins = self.binaries()
         pki = self.state_dir / "pki"
         make_pki(pki)
         token = secrets.token_hex(16)

@@ -10,7 +10,8 @@ from typing import Any
 from kubernetes import client
 
 from wanka.api.common import GROUP, VERSION
-from wanka.cluster.kube import api_client
+from wanka.cluster.kube import KUBECONFIG_HELP, api_client
+from wanka.core.accounting import WAITING_PHASES
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -67,7 +68,7 @@ def queue_rows(queues: Sequence[dict[str, Any]], jobs: Sequence[dict[str, Any]] 
         usage = ", ".join(f"{u['pool']}={u['gpus']:g}" for u in st.get("usage") or []) or "-"
         waiting = [j["metadata"].get("creationTimestamp") for j in jobs
                    if (j.get("spec") or {}).get("queue") == name
-                   and (j.get("status") or {}).get("phase") in (None, "Queued", "Restarting")]
+                   and (j.get("status") or {}).get("phase") in WAITING_PHASES]
         oldest = min((w for w in waiting if w), default=None)
         rows.append([name, (q.get("spec") or {}).get("weight", 1), st.get("running", 0),
                      st.get("pending", 0), _age(oldest, now), usage])
@@ -92,5 +93,5 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("status", help="pools and queues as a table")
-    parser.add_argument("--kubeconfig", default=None)
+    parser.add_argument("--kubeconfig", default=None, help=KUBECONFIG_HELP)
     parser.set_defaults(func=_run)

@@ -13,17 +13,19 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
+from wanka import __version__
 from wanka.api.common import GROUP, VERSION
 from wanka.cluster.cache import KINDS, FleetCache
 from wanka.cluster.fence import NotLeader
 from wanka.cluster.health import ApiNodePatcher, HealthReconciler
 from wanka.cluster.jobio import JobIO
 from wanka.cluster.jobs import JobReconciler
-from wanka.cluster.kube import api_client, connection_settings, list_all
+from wanka.cluster.kube import KUBECONFIG_HELP, api_client, connection_settings, list_all
 from wanka.cluster.leader import ApiLeaseStore, LeaseElector
 from wanka.cluster.pools import PoolReconciler
 from wanka.cluster.writer import EventRecorder, StatusWriter
-from wanka.core.accounting import PoolSummary
+from wanka.controllers.logs import configure_logging
+from wanka.core.accounting import PoolSummary, queue_depth
 from wanka.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, register_pool_collector
 
 log = logging.getLogger("wanka")
@@ -200,18 +202,15 @@ async def operator_cleanup(**_: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = os.path.abspath(args.kubeconfig)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}'
-        if args.log_format == "json"
-        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:
-        # kopf logs every handled watch event at INFO; our own loops log what matters.
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    configure_logging(args.log_format, args.verbose)
+    log.info("wanka %s starting: metrics on %s, liveness on %s, leader election %s", __version__,
+             f"{args.metrics_addr}:{args.metrics_port}" if args.metrics_port else "off",
+             f"{args.health_addr}:{args.health_port}" if args.health_port else "off",
+             "on" if args.leader_elect else "off")
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_addr)
-    register_pool_collector(lambda: dict(RUNTIME.summaries), leader=RUNTIME.is_leader)
+    register_pool_collector(lambda: dict(RUNTIME.summaries), leader=RUNTIME.is_leader,
+                            depth=lambda: queue_depth(RUNTIME.cache.store("trainingjobs").values()))
     if args.leader_elect:
         namespace = args.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
         RUNTIME.lease = (namespace, args.lease_name)
@@ -228,16 +227,17 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("run", help="run the operator (all namespaces)")
-    parser.add_argument("--kubeconfig", default=None)
-    parser.add_argument("--metrics-port", type=int, default=8000, help="0 disables")
-    parser.add_argument("--metrics-addr", default="0.0.0.0")
-    parser.add_argument("--health-port", type=int, default=8080, help="0 disables")
-    parser.add_argument("--health-addr", default="0.0.0.0")
+    parser.add_argument("--kubeconfig", default=None, help=KUBECONFIG_HELP)
+    parser.add_argument("--metrics-port", type=int, default=8000, help="Prometheus /metrics port; 0 disables")
+    parser.add_argument("--metrics-addr", default="0.0.0.0", help="address /metrics listens on")
+    parser.add_argument("--health-port", type=int, default=8080, help="liveness endpoint (/healthz) port; 0 disables")
+    parser.add_argument("--health-addr", default="0.0.0.0", help="address /healthz listens on")
     parser.add_argument("--leader-elect", action="store_true",
                         help="run as one of several replicas: only the Lease holder acts")
     parser.add_argument("--lease-namespace", default=None,
                         help="namespace of the Lease (default: $POD_NAMESPACE, else default)")
-    parser.add_argument("--lease-name", default="wanka-operator")
-    parser.add_argument("--log-format", choices=["text", "json"], default="text")
-    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--lease-name", default="wanka-operator", help="name of the Lease (default %(default)s)")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text",
+                        help="text lines, or one JSON object a line, tracebacks included (default text)")
+    parser.add_argument("--verbose", action="store_true", help="log at DEBUG, kopf's per-object lines included")
     parser.set_defaults(func=_run)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from wanka.core.lifecycle import WAITING
 from wanka.core.snapshot import WHOLE, Node, Snapshot
 
 
@@ -35,6 +37,16 @@ class PoolSummary:
     devices_full: int = 0  # healthy, fully allocated (whole or shares adding up to 1)
     models: tuple[ModelSummary, ...] = field(default=())
     sick_nodes: tuple[str, ...] = field(default=())
+
+    def gpu_parts(self) -> dict[str, float]:
+        """`gpus_total` split into parts that add up to it: allocated, free (usable by a pending
+        shape), stranded (free, but no pending shape fits it) and unavailable (neither allocated
+        nor free: sick devices, cordoned or quarantined nodes)."""
+        free = max(0.0, self.gpus_free - self.gpus_stranded)
+        stranded = min(self.gpus_stranded, self.gpus_free)
+        unavailable = max(0.0, self.gpus_total - self.gpus_allocated - self.gpus_free)
+        return {"allocated": self.gpus_allocated, "free": round(free, 3), "stranded": stranded,
+                "unavailable": round(unavailable, 3)}
 
 
 def _gpu(milli: int) -> float:
@@ -93,6 +105,21 @@ def summarize(snapshot: Snapshot, stranded_milli: int = 0) -> PoolSummary:
         models=models,
         sick_nodes=sick,
     )
+
+
+WAITING_PHASES = (None, *WAITING)  # a job with no status yet waits too
+
+
+def queue_depth(jobs: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], int]:
+    """TrainingJobs waiting for a placement, by (queue, pool)."""
+    depth: dict[tuple[str, str], int] = {}
+    for job in jobs:
+        spec = job.get("spec") or {}
+        if (job.get("status") or {}).get("phase") not in WAITING_PHASES or not spec.get("queue"):
+            continue
+        key = (str(spec["queue"]), str(spec.get("pool") or ""))
+        depth[key] = depth.get(key, 0) + 1
+    return depth
 
 
 def usage_by_owner(allocs: Iterable[tuple[str, int]]) -> dict[str, float]:

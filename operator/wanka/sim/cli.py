@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from wanka.argparsing import Parser
 from wanka.core.slicing import POLICIES
 from wanka.sim.openb import Job, Replay, run_jobs, summarize
+from wanka.sim.progress import progress
 
 
 def register(subparsers: Any) -> None:
@@ -56,8 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", dest="json_out", default=None, help="write the results here")
     parser.add_argument(
-        "--plot", default=None, help="draw unallocated GPUs vs arrived workload here"
+        "--plot", default=None,
+        help="draw unallocated GPUs vs arrived workload here (PNG), with a 90-130%% zoom beside",
     )
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="print no progress on stderr (default: a bar with an ETA, or a line per replay)")
 
 
 def policies_from(names: Sequence[str] | None) -> list[str]:
@@ -83,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         Job(args.nodes, args.pods, p, s, args.step, args.ratio) for p in policies for s in seeds
     ]
     processes = args.jobs or min(len(jobs), os.cpu_count() or 1)
-    replays = run_jobs(jobs, processes)
+    with progress("replays", len(jobs), enabled=args.progress) as tick:
+        replays = run_jobs(jobs, processes, done=tick)
     summary = summarize(replays)
     print(format_table(summary, replays[0].gpus if replays else 0))
     if args.json_out:
@@ -112,24 +118,61 @@ def format_table(summary: dict[str, Any], gpus: int) -> str:
     return "\n".join(lines)
 
 
-def plot(replays: Sequence[Replay], out: str, title: str = "") -> None:
-    """Unallocated GPUs against arrived workload, the median over seeds per policy."""
-    import matplotlib
+ZOOM = (90.0, 130.0)  # where policies part ways: the zoomed panel
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def median_curves(replays: Sequence[Replay]) -> dict[str, tuple[list[float], list[float]]]:
+    """Per policy: arrived % and the median over seeds of unallocated GPUs at each step."""
     by_policy: dict[str, list[Replay]] = {}
     for r in replays:
         by_policy.setdefault(r.policy, []).append(r)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    curves = {}
     for name, runs in by_policy.items():
         xs = [s.arrived_pct for s in runs[0].steps]
         ys = []
         for k in range(len(xs)):
             vals = sorted(r.steps[min(k, len(r.steps) - 1)].unallocated_gpus for r in runs)
             ys.append(vals[len(vals) // 2])
-        ax.plot(xs, ys, label=name, linewidth=2.2 if name == "wanka" else 1.3)
+        curves[name] = (xs, ys)
+    return curves
+
+
+def zoom_limits(curves: dict[str, tuple[list[float], list[float]]],
+                window: tuple[float, float] = ZOOM) -> tuple[float, float] | None:
+    """The y range of the curves inside `window` of arrived %, padded, from the lowest point up to
+    twice it: a policy far worse than the best runs off the top (the whole plot still shows it)
+    rather than squashing the close ones together. None if no curve reaches the window."""
+    inside = [y for xs, ys in curves.values() for x, y in zip(xs, ys, strict=True) if window[0] <= x <= window[1]]
+    if not inside:
+        return None
+    low = min(inside)
+    high = max(y for y in inside if y <= max(2 * low, low + 1.0))
+    pad = max((high - low) * 0.08, 1.0)
+    return max(0.0, low - pad), high + pad
+
+
+def plot(replays: Sequence[Replay], out: str, title: str = "") -> None:
+    """Unallocated GPUs against arrived workload, the median over seeds per policy; beside it the
+    same curves zoomed to 90-130% arrived, where the policies differ."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(replays, title)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def figure(replays: Sequence[Replay], title: str = "") -> Any:
+    """The plot's matplotlib Figure: the whole curves, and the 90-130% zoom beside them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = median_curves(replays)
+    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [3, 2]})
+    for name, (xs, ys) in curves.items():
+        for axis in (ax, zoom):
+            axis.plot(xs, ys, label=name, linewidth=2.2 if name == "wanka" else 1.3)
     ax.set_xlabel("arrived workload (% of GPU capacity requested)")
     ax.set_ylabel("unallocated GPUs")
     ax.set_xlim(60, max(s.arrived_pct for r in replays for s in r.steps))
@@ -137,16 +180,22 @@ def plot(replays: Sequence[Replay], out: str, title: str = "") -> None:
     ax.set_ylim(0, top)
     ax.grid(alpha=0.3)
     ax.legend()
+    limits = zoom_limits(curves)
+    zoom.set_xlim(*ZOOM)
+    if limits:
+        zoom.set_ylim(*limits)
+    zoom.set_xlabel("arrived workload (%), zoomed")
+    zoom.set_title(f"{ZOOM[0]:g}-{ZOOM[1]:g}% arrived")
+    zoom.grid(alpha=0.3)
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `simulate` on its own (python -m wanka.sim.cli ...)."""
-    parser = argparse.ArgumentParser(prog="wanka simulate", description=__doc__)
+    parser = Parser(prog="wanka simulate", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -16,15 +16,18 @@ import heapq
 import json
 import math
 import random
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from wanka.argparsing import Parser
 from wanka.core.queueing import Admit, PoolQuota, QueueSpec, SchedulerConfig, schedule
 from wanka.core.requests import GangRequest
 from wanka.core.snapshot import WHOLE, Device, Node, Snapshot
 from wanka.sim import data_dir
+from wanka.sim.progress import progress
 
 SPOT_CSV = data_dir() / "spot_gpu_nodes_2026.csv"
 LEVELS = ("wanka.io/nvlink-domain", "wanka.io/rack", "wanka.io/spine")
@@ -427,14 +430,20 @@ def _checkpointed(job: _Job, now: float, every: float) -> GangRequest:
     return job.req
 
 
-def compare(cfg: SimConfig, nodes: Sequence[Node] | None = None) -> list[SimReport]:
-    """The same workload under each combination of backfill and preemption."""
+COMBINATIONS = ((False, False), (False, True), (True, False), (True, True))  # (backfill, preemption)
+
+
+def compare(cfg: SimConfig, nodes: Sequence[Node] | None = None,
+            done: Callable[[str], None] | None = None) -> list[SimReport]:
+    """The same workload under each combination of backfill and preemption; `done` is called
+    with each finished report's policy."""
     fleet = list(nodes) if nodes is not None else load_spot_fleet()
     out = []
-    for backfill in (False, True):
-        for preemption in (False, True):
-            run = replace(cfg, backfill=backfill, preemption=preemption)
-            out.append(simulate(run, [_fresh(n) for n in fleet]))
+    for backfill, preemption in COMBINATIONS:
+        run = replace(cfg, backfill=backfill, preemption=preemption)
+        out.append(simulate(run, [_fresh(n) for n in fleet]))
+        if done:
+            done(out[-1].policy)
     return out
 
 
@@ -450,16 +459,32 @@ def _fresh(node: Node) -> Node:
     )
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs", type=int, default=SimConfig.jobs,
+                        help="gangs in the synthetic workload (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=SimConfig.seed,
+                        help="seed of the workload and of failures (default %(default)s)")
+    parser.add_argument("--load", type=float, default=SimConfig.load,
+                        help="offered GPU-hours over the 8-GPU nodes' capacity (default %(default)s)")
+    parser.add_argument("--failure-per-node-day", type=float, default=0.02,
+                        help="node failures per node per day (default %(default)s)")
+    parser.add_argument("--csv", type=Path, default=SPOT_CSV,
+                        help="spot GPU node list of the fleet (default: spot_gpu_nodes_2026.csv in $WANKA_DATA)")
+    parser.add_argument("--policy", choices=("all", "default"), default="all",
+                        help="all: every combination of backfill and preemption; default: only the "
+                        "default configuration")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="print no progress on stderr (default: a bar with an ETA, or a line per run)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`wanka simulate-gangs`: print a JSON comparison of queue policies."""
-    parser = argparse.ArgumentParser(prog="wanka simulate-gangs", description=__doc__)
-    parser.add_argument("--jobs", type=int, default=SimConfig.jobs)
-    parser.add_argument("--seed", type=int, default=SimConfig.seed)
-    parser.add_argument("--load", type=float, default=SimConfig.load)
-    parser.add_argument("--failure-per-node-day", type=float, default=0.02)
-    parser.add_argument("--csv", type=Path, default=SPOT_CSV)
-    parser.add_argument("--policy", choices=("all", "default"), default="all")
+    parser = Parser(prog="wanka simulate-gangs", description=__doc__)
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    if not args.csv.is_file():
+        print(f"wanka simulate-gangs: no such file: {args.csv} (--csv, or set $WANKA_DATA)", file=sys.stderr)
+        return 2
     cfg = SimConfig(
         jobs=args.jobs,
         seed=args.seed,
@@ -467,7 +492,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         failure_per_node_day=args.failure_per_node_day,
     )
     fleet = load_spot_fleet(args.csv)
-    reports = compare(cfg, fleet) if args.policy == "all" else [simulate(cfg, fleet)]
+    with progress("simulations", len(COMBINATIONS) if args.policy == "all" else 1,
+                  enabled=args.progress) as tick:
+        if args.policy == "all":
+            reports = compare(cfg, fleet, done=tick)
+        else:
+            reports = [simulate(cfg, fleet)]
+            tick(reports[0].policy)
     print(json.dumps([r.as_dict() for r in reports], indent=2))
     return 0
 
@@ -480,4 +511,4 @@ PASSTHROUGH = True  # `wanka simulate-gangs ARGS` calls main(ARGS): this module 
 
 
 def register(sub: Any) -> None:
-    sub.add_parser("simulate-gangs", help="synthetic multi-node gang workload on the spot fleet")
+    add_arguments(sub.add_parser("simulate-gangs", help="synthetic multi-node gang workload on the spot fleet"))

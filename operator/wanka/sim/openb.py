@@ -16,7 +16,7 @@ import csv
 import random
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -355,14 +355,30 @@ def run_job(job: Job) -> Replay:
     return replay(nodes, seq, job.policy, job.seed, workload, step_pct=job.step_pct)
 
 
-def run_jobs(jobs: Sequence[Job], processes: int = 1) -> list[Replay]:
-    """Run replays, in parallel processes when asked; results keep the jobs' order."""
+def run_jobs(jobs: Sequence[Job], processes: int = 1,
+             done: Callable[[str], None] | None = None) -> list[Replay]:
+    """Run replays, in parallel processes when asked; results keep the jobs' order. `done` is
+    called with "policy seed N" as each replay finishes."""
+    out: list[Replay | None] = [None] * len(jobs)
     if processes <= 1 or len(jobs) <= 1:
-        return [run_job(j) for j in jobs]
-    from multiprocessing import get_context
+        finished: Iterable[tuple[int, Replay]] = ((k, run_job(j)) for k, j in enumerate(jobs))
+        for k, replay in finished:
+            out[k] = replay
+            if done:
+                done(f"{replay.policy} seed {replay.seed}")
+    else:
+        from multiprocessing import get_context
 
-    with get_context("spawn").Pool(processes) as pool:
-        return pool.map(run_job, jobs, chunksize=1)
+        with get_context("spawn").Pool(processes) as pool:
+            for k, replay in pool.imap_unordered(_indexed, enumerate(jobs), chunksize=1):
+                out[k] = replay
+                if done:
+                    done(f"{replay.policy} seed {replay.seed}")
+    return [r for r in out if r is not None]
+
+
+def _indexed(item: tuple[int, Job]) -> tuple[int, Replay]:
+    return item[0], run_job(item[1])
 
 
 POINTS = (80.0, 90.0, 100.0, 130.0)
