@@ -104,3 +104,15 @@ def test_a_lagging_watch_delivers_events_late_and_in_order() -> None:
         time.sleep(0.05)
     time.sleep(0.1)  # let the later events of the same batch land
     assert cache.store("nodes").get("", "n")["metadata"]["resourceVersion"] == "2"  # type: ignore[index]
+
+
+def test_a_change_assumed_after_the_object_was_deleted_leaves_no_phantom() -> None:
+    # The watch's DELETED (a terminal pod goes at once) can land before the deleter assumes
+    # "terminating": the assumption must not bring the pod back.
+    cache = FleetCache()
+    pods = cache.store("pods")
+    pod = {"metadata": {"name": "p", "namespace": "ns", "resourceVersion": "3"}}
+    cache.observe("pods", "ADDED", pod)
+    cache.observe("pods", "DELETED", pod)
+    pods.assume({**pod, "metadata": {**pod["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}, upto=4)
+    assert pods.get("ns", "p") is None and pods.values() == []

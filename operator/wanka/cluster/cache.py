@@ -73,7 +73,9 @@ class Store:
         mine = self.assumed.get(key)
         if mine is None:
             return watched
-        if self.clock() > mine.until or (watched is not None and version(watched) >= mine.upto):
+        if (self.clock() > mine.until
+                or (watched is None and not mine.created)  # it is gone (its DELETED came first)
+                or (watched is not None and version(watched) >= mine.upto)):
             del self.assumed[key]  # the watch caught up (or the bound passed): it is the truth
             return watched
         return mine.body
