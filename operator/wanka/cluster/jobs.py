@@ -53,6 +53,7 @@ from wanka.cluster.mig import INSTANCE_ANNOTATION as MIG_INSTANCE_ANNOTATION
 from wanka.cluster.mig import MigRepartitioner
 from wanka.cluster.mig import resource_for as mig_resource
 from wanka.cluster.pools import parse_spec
+from wanka.cluster.template import template_constraints
 from wanka.cluster.translate import (
     DEVICES_ANNOTATION,
     JOB_LABEL,
@@ -247,15 +248,19 @@ def job_request(job: Job, pool: GPUPoolSpec, resuming: bool, placed: bool = Fals
         replicas, min_available = len(job.status.placement), None
     res = spec.resources
     cpu = mem = 0
+    template = spec.template.wire()
     if spec.template.spec.containers:
-        pod = {"spec": spec.template.wire()["spec"]}
-        cpu, mem, _ = pod_requests(pod, pool.accelerator.resource_name)
+        cpu, mem, _ = pod_requests({"spec": template["spec"]}, pool.accelerator.resource_name)
     gpus = res.gpus or 0
     milli = 0
     if res.gpu_fraction is not None:
         gpus, milli = 0, res.gpu_milli
     created = ts(job.raw["metadata"].get("creationTimestamp")) or 0.0
     checkpoint = job.status.last_checkpoint
+    nodes = template_constraints(template)
+    if nodes.problems and not placed:
+        more = f" (and {len(nodes.problems) - 3} more)" if len(nodes.problems) > 3 else ""
+        raise InvalidRequest(f"{job.key}: template: {'; '.join(nodes.problems[:3])}{more}")
     return GangRequest(
         owner=job.key,
         queue=spec.queue,
@@ -270,6 +275,9 @@ def job_request(job: Job, pool: GPUPoolSpec, resuming: bool, placed: bool = Fals
         cpu_milli=cpu,
         memory_mib=mem,
         excluded_nodes=frozenset(job.status.excluded_nodes),
+        tolerations=nodes.tolerations,
+        node_selector=nodes.node_selector,
+        affinity=nodes.affinity,
         topology_level=spec.topology.level if spec.topology else "",
         topology_mode=spec.topology.mode if spec.topology else "Preferred",
         # An interrupted gang goes back to the front of its queue.

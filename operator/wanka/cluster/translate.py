@@ -13,6 +13,7 @@ from kubernetes.utils import parse_quantity
 
 from wanka.api.gpupool import GPUPoolSpec
 from wanka.cluster import mig
+from wanka.core.constraints import Taint
 from wanka.core.health import HealthRecord
 from wanka.core.snapshot import WHOLE, Allocation, Device, DeviceShare, HealthState, Node, OverAllocation, Snapshot
 from wanka.units import MAX_DEVICES_PER_NODE
@@ -41,9 +42,12 @@ def quantity(value: Any, default: str = "0") -> Decimal:
 
 
 def device_count(node: Mapping[str, Any], resource: str) -> int:
-    """The node's devices of `resource` by its status.capacity, bounded by MAX_DEVICES_PER_NODE."""
-    capacity = _mapping(_mapping(node.get("status")).get("capacity"))
-    return max(0, min(MAX_DEVICES_PER_NODE, int(quantity(capacity.get(resource)))))
+    """The node's devices of `resource` by its status.allocatable (what the kubelet offers;
+    capacity only when allocatable does not name it), bounded by MAX_DEVICES_PER_NODE."""
+    status = _mapping(node.get("status"))
+    allocatable = _mapping(status.get("allocatable"))
+    source = allocatable if resource in allocatable else _mapping(status.get("capacity"))
+    return max(0, min(MAX_DEVICES_PER_NODE, int(quantity(source.get(resource)))))
 
 
 def pod_requests(pod: Mapping[str, Any], resource: str) -> tuple[int, int, int]:
@@ -94,15 +98,20 @@ def node_ready(node: Mapping[str, Any]) -> bool:
 
 
 def has_taint(node: Mapping[str, Any], key: str) -> bool:
-    return any(t.get("key") == key for t in (node.get("spec") or {}).get("taints") or [])
+    return any(_mapping(t).get("key") == key for t in _items(_mapping(node.get("spec")).get("taints")))
 
 
-def blocking_taint(node: Mapping[str, Any]) -> str | None:
-    """The first taint that keeps new work off the node (our pods tolerate none of them)."""
-    for taint in (node.get("spec") or {}).get("taints") or []:
-        if taint.get("effect") in ("NoSchedule", "NoExecute"):
-            return str(taint.get("key"))
-    return None
+def node_taints(node: Mapping[str, Any]) -> tuple[Taint, ...]:
+    """The node's taints a request may tolerate: all but Wanka's own `wanka.io/unhealthy`,
+    which makes the node unschedulable for everyone. Malformed entries are left out."""
+    out = []
+    for taint in map(_mapping, _items(_mapping(node.get("spec")).get("taints"))):
+        key, value, effect = taint.get("key"), taint.get("value") or "", taint.get("effect")
+        if key == UNHEALTHY_TAINT or not isinstance(key, str) or not isinstance(value, str):
+            continue
+        if effect in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+            out.append(Taint(key, value, effect))
+    return tuple(out)
 
 
 def annotations_of(obj: Mapping[str, Any]) -> Mapping[str, str]:
@@ -173,7 +182,7 @@ def build_node(node: Mapping[str, Any], spec: GPUPoolSpec, levels: tuple[str, ..
     schedulable = (
         node_ready(node)
         and not (node.get("spec") or {}).get("unschedulable")
-        and blocking_taint(node) is None
+        and not has_taint(node, UNHEALTHY_TAINT)
         and state == "Healthy"
     )
     return Node(
@@ -184,6 +193,7 @@ def build_node(node: Mapping[str, Any], spec: GPUPoolSpec, levels: tuple[str, ..
         labels=dict(lab),
         topology=tuple(lab.get(level, "") for level in levels),
         schedulable=schedulable,
+        taints=node_taints(node),
         health=state,
     )
 
