@@ -63,6 +63,7 @@ from wanka.cluster.translate import (
     has_taint,
     node_ready,
     pod_requests,
+    pool_membership,
 )
 from wanka.core import lifecycle, podpolicy
 from wanka.core.lifecycle import ACTIVE, JobFacts, NodeFacts, PodFacts, VictimFacts
@@ -623,8 +624,10 @@ class JobReconciler:
         active = [j for j in jobs if j.spec is not None and j.spec.pool == pool_name
                   and j.status.phase in ACTIVE]
         ledger = [a for j in active for a in reservations(j)]
-        view = build_pool_snapshot(pool, self.cache.store("nodes").values(),
-                                   self.cache.store("pods").values(), ledger)
+        node_objs = self.cache.store("nodes").values()
+        # A node several pools select is in none of them: the same rule as pool status.
+        view = build_pool_snapshot(pool, node_objs, self.cache.store("pods").values(), ledger,
+                                   pool_membership(self._pools(), node_objs).nodes_of(pool_name))
         if pool.sharing.mode == "MIG":
             self._mig.settle(view.snapshot, lambda name: self.cache.store("nodes").get("", name))
         running = [job_request(j, pool, resuming=False, placed=True) for j in active]

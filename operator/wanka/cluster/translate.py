@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -245,6 +245,39 @@ def pod_allocation(pod: Mapping[str, Any], resource: str) -> Allocation | None:
     return Allocation(owner, member, node, cpu, mem, (), opaque_gpus=gpus)
 
 
+@dataclass(frozen=True)
+class Membership:
+    """Which pool each node belongs to. A node selected by two or more pools belongs to none
+    of them, so no device is ever counted in two pools' snapshots."""
+
+    owner: Mapping[str, str]  # node -> the one pool selecting it
+    claims: Mapping[str, tuple[str, ...]]  # node selected by several pools -> those pools
+
+    def nodes_of(self, pool: str) -> frozenset[str]:
+        return frozenset(node for node, owner in self.owner.items() if owner == pool)
+
+    def overlaps(self, pool: str) -> tuple[list[str], list[str]]:
+        """(the nodes `pool` shares with other pools, those other pools), both sorted."""
+        nodes = sorted(n for n, pools in self.claims.items() if pool in pools)
+        others = sorted({p for n in nodes for p in self.claims[n]} - {pool})
+        return nodes, others
+
+
+def pool_membership(pools: Mapping[str, GPUPoolSpec], nodes: Iterable[Mapping[str, Any]]) -> Membership:
+    """The one rule deciding pool membership, shared by pool status and admission."""
+    owner: dict[str, str] = {}
+    claims: dict[str, tuple[str, ...]] = {}
+    for node in nodes:
+        lab = dict(labels(node))
+        name = str((node.get("metadata") or {}).get("name"))
+        selecting = tuple(sorted(p for p, spec in pools.items() if spec.node_selector.matches(lab)))
+        if len(selecting) == 1:
+            owner[name] = selecting[0]
+        elif selecting:
+            claims[name] = selecting
+    return Membership(owner, claims)
+
+
 @dataclass
 class PoolView:
     """One pool's snapshot plus what did not fit into it."""
@@ -258,16 +291,22 @@ def build_pool_snapshot(
     nodes: Iterable[Mapping[str, Any]],
     pods: Iterable[Mapping[str, Any]],
     reservations: Iterable[Allocation] = (),
+    members: Collection[str] | None = None,
 ) -> PoolView:
-    """The snapshot of the nodes `spec` selects, with the ledger's reservations and every
-    bound pod on them applied.
+    """The snapshot of the pool's nodes, with the ledger's reservations and every bound pod
+    on them applied. `members`: the nodes the pool owns (see `pool_membership`); None for a
+    pool on its own, whose nodes are all those its selector matches.
 
     A reservation and the pod that carries it out share one (owner, member) key: the pod is
     the same allocation, not a second one. (A gang is placed again only once every pod of
     its previous attempt is gone, so an old pod never hides behind a new reservation.)
     """
     levels = tuple(spec.topology.levels)
-    selected = [build_node(n, spec, levels) for n in nodes if spec.node_selector.matches(dict(labels(n)))]
+    if members is None:
+        chosen = [n for n in nodes if spec.node_selector.matches(dict(labels(n)))]
+    else:
+        chosen = [n for n in nodes if (n.get("metadata") or {}).get("name") in members]
+    selected = [build_node(n, spec, levels) for n in chosen]
     snap = Snapshot(selected, levels=levels)
     view = PoolView(snap)
     pinned: list[Allocation] = []
