@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
-from tests.unit.builders import make_job, make_node, make_snapshot
+from tests.unit.builders import make_job, make_node, make_queue, make_snapshot
 from wanka.core.constraints import Requirement, Taint, Term, Toleration, selects, untolerated
 from wanka.core.gang import place_gang
+from wanka.core.queueing import schedule
 from wanka.core.requests import GangRequest
 from wanka.core.sharing import FragmentationAwareShares
 from wanka.core.snapshot import Node
@@ -194,3 +195,31 @@ def test_refusal_names_taint_before_labels() -> None:
     assert make_job("j").obj().refusal(node) == "taint"
     assert make_job("j").tolerate(TEAM_A).node_selector({"zone": "b"}).obj().refusal(node) == "affinity"
     assert make_job("j").tolerate(TEAM_A).node_selector({"zone": "a"}).obj().refusal(node) is None
+
+
+def test_a_cycle_does_not_mistake_a_constrained_gang_for_the_same_shape_without_constraints() -> None:
+    """The cycle remembers shapes that did not fit; node constraints are part of the shape."""
+    snap = make_snapshot(fleet(), levels=())
+    queue = make_queue("q").quota("p", 100).obj()
+    pending = [
+        make_job("zone-c").gpus(8).node_selector({"zone": "c"}).priority(10).obj(),
+        make_job("untolerated").gpus(8).affinity(Term(names_in=(frozenset({"c"}),))).priority(9).obj(),
+        make_job("tolerant").gpus(8).affinity(Term(names_in=(frozenset({"c"}),))).tolerate(TEAM_A)
+        .priority(8).obj(),
+        make_job("anywhere").gpus(8).priority(7).obj(),
+    ]
+    result = schedule(snap, [queue], pending, [], 0.0)
+    assert {a.owner for a in result.admitted} == {"ns/tolerant", "ns/anywhere"}
+    assert {w.owner for w in result.waiting} == {"ns/zone-c", "ns/untolerated"}
+
+
+def test_preemption_frees_only_nodes_the_preemptor_can_use() -> None:
+    nodes = [make_node("a").gpus(8).label("zone", "a").obj(), make_node("b").gpus(8).label("zone", "b").obj()]
+    snap = make_snapshot(nodes, levels=())
+    low_a, low_b = make_job("low-a").gpus(8).obj(), make_job("low-b").gpus(8).obj()
+    for job, node in ((low_a, "a"), (low_b, "b")):
+        assert place_gang(snap, replace(job, excluded_nodes=frozenset({"a", "b"} - {node}))).ok
+    queue = make_queue("q").quota("p", 100).obj()
+    high = make_job("high").gpus(8).node_selector({"zone": "b"}).priority(100).obj()
+    result = schedule(snap, [queue], [high], [low_a, low_b], 0.0)
+    assert [p.owner for p in result.preempted] == ["ns/low-b"]
