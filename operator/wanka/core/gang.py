@@ -164,21 +164,27 @@ def _candidates(snapshot: Snapshot, req: GangRequest) -> tuple[list[_Cand], _Ski
     mem = req.memory_mib
     depth = len(snapshot.levels)
     tolerations = req.tolerations
-    selective = req.selective
-    node_selector = req.node_selector
-    affinity = req.affinity
+    # Nodes the request's labels rule out join the excluded ones: one set test per node.
+    off: frozenset[str] = frozenset()
+    if req.selective:
+        off = frozenset(
+            n.name
+            for n in snapshot.nodes.values()
+            if not selects(req.node_selector, req.affinity, n.name, n.labels)
+        )
+        ex_nodes = ex_nodes | off
     for node in snapshot.nodes.values():
         if not node.schedulable:
             skips.unschedulable += 1
             continue
         if node.name in ex_nodes:
-            skips.excluded += 1
+            if node.name in off:
+                skips.affinity += 1
+            else:
+                skips.excluded += 1
             continue
         if node.taints and untolerated(tolerations, node.taints) is not None:
             skips.taint += 1
-            continue
-        if selective and not selects(node_selector, affinity, node.name, node.labels):
-            skips.affinity += 1
             continue
         devices = node.devices
         if (g or share) and models and (not devices or devices[0].model not in models):

@@ -75,7 +75,9 @@ class FragmentationAwareShares:
         done = []
         reason = ""
         # Nodes the gang's taints or labels rule out are left out like excluded ones.
-        refused = {n.name: r for n in snapshot.nodes.values() if (r := req.refusal(n)) is not None}
+        selective = req.selective
+        refused = {n.name: r for n in snapshot.nodes.values()
+                   if (n.taints or selective) and (r := req.refusal(n)) is not None}
         exclude = req.excluded_nodes | refused.keys() if refused else req.excluded_nodes
         for member in range(req.replicas):
             # One context for the whole gang: place() keeps node states and scores in it and
