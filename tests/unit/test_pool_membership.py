@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.objects import make_gpupool, make_node
 from tests.unit.test_pool_ledger import Writer
-from tests.unit.test_translate_accounting import node
 from wanka.api.gpupool import GPUPoolSpec
 from wanka.cluster.cache import FleetCache
 from wanka.cluster.pools import PoolReconciler
@@ -21,9 +21,7 @@ def pool_spec(**match_labels: str) -> GPUPoolSpec:
 
 
 def labelled(name: str, **labels: str) -> dict[str, Any]:
-    raw = node(name)
-    raw["metadata"]["labels"] = labels
-    return raw
+    return make_node(name).label(**labels).obj()
 
 
 @dataclass
@@ -75,20 +73,13 @@ class Events:
         self.seen.append((obj["metadata"]["name"], type_, reason, message))
 
 
-def gpupool(name: str, **match_labels: str) -> dict[str, Any]:
-    return {"apiVersion": "wanka.io/v1alpha1", "kind": "GPUPool",
-            "metadata": {"name": name, "generation": 1, "resourceVersion": "1", "uid": f"uid-{name}"},
-            "spec": {"nodeSelector": {"matchLabels": match_labels}}}
-
-
 def test_overlapping_pools_are_not_ready_and_say_why() -> None:
     cache = FleetCache()
     shared = [labelled(f"s{i}", team="a", spot="y") for i in range(7)]
     cache.replace("nodes", [labelled("a1", team="a"), labelled("b1", spot="y"), *shared])
-    cache.replace("gpupools", [gpupool("a", team="a"), gpupool("spot", spot="y"), gpupool("bad", team="")])
-    bad = cache.store("gpupools").get("", "bad")
-    assert bad is not None
-    bad["spec"]["nodeSelector"] = {"matchLabels": "nope"}  # invalid: selects nothing, claims nothing
+    invalid = make_gpupool("bad").spec_field("nodeSelector", {"matchLabels": "nope"}).obj()  # claims nothing
+    cache.replace("gpupools", [make_gpupool("a").select(team="a").obj(), make_gpupool("spot").select(spot="y").obj(),
+                               invalid])
     writer, events = Writer(), Events()
     loop = PoolReconciler(cache, writer, events)
     loop.reconcile_all()
@@ -109,7 +100,7 @@ def test_overlapping_pools_are_not_ready_and_say_why() -> None:
     loop.reconcile_all()
     assert len([e for e in events.seen if e[2] == "OverlappingPools"]) == before
     # the overlap resolved: both pools are Ready and own their nodes again
-    cache.replace("gpupools", [gpupool("a", team="a"), gpupool("spot", spot="n")])
+    cache.replace("gpupools", [make_gpupool("a").select(team="a").obj(), make_gpupool("spot").select(spot="n").obj()])
     loop.reconcile_all()
     ready = next(c for c in writer.status["a"]["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("True", "NodesSelected")

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_translate_accounting import SPEC, node
+from tests.objects import NodeObj, make_node, make_training_job
+from tests.unit.test_translate_accounting import SPEC
 from wanka.api.trainingjob import TrainingJobSpec, TrainingJobStatus
 from wanka.cluster.jobs import Job, job_request
 from wanka.cluster.manifests import pod_manifest
@@ -165,11 +166,9 @@ def test_any_template_parses_without_raising(spec: dict[str, Any], anything: Any
 
 
 # --- job_request and the pods ------------------------------------------------------------
-def job(**template_spec: Any) -> Job:
-    spec = TrainingJobSpec.model_validate({"pool": "p", "queue": "q", "replicas": 2, "resources": {"gpus": 8},
-                                           "template": template(**template_spec)})
-    raw = {"metadata": {"name": "j", "namespace": "ns", "uid": "u", "resourceVersion": "1"}}
-    return Job(raw, spec, TrainingJobStatus())
+def job(**pod_spec: Any) -> Job:
+    raw = make_training_job("j").replicas(2).pod_spec(**pod_spec).obj()
+    return Job(raw, TrainingJobSpec.model_validate(raw["spec"]), TrainingJobStatus())
 
 
 def test_job_request_carries_the_template_constraints() -> None:
@@ -192,39 +191,41 @@ def test_a_malformed_template_makes_the_request_invalid_but_a_placed_gang_readab
 def test_pods_carry_the_template_constraints_unchanged() -> None:
     j = job(nodeSelector={"zone": "a"}, affinity=AFFINITY, tolerations=TOLERATIONS)
     assert j.spec is not None
-    raw = {**j.raw, "metadata": {**j.raw["metadata"]}}
-    pod = pod_manifest(raw, j.spec, 0, 0, [(0, 1000)], "nvidia.com/gpu")
+    pod = pod_manifest(j.raw, j.spec, 0, 0, [(0, 1000)], "nvidia.com/gpu")
     assert pod["spec"]["nodeSelector"] == {"zone": "a"}
     assert pod["spec"]["affinity"] == AFFINITY
     assert pod["spec"]["tolerations"] == TOLERATIONS
 
 
 # --- nodes: allocatable and taints ---------------------------------------------------------
-@pytest.mark.parametrize("capacity,allocatable,want", [
-    ("8", "6", 6),  # the kubelet withholds two devices: never offer them
-    ("8", "0", 0),
-    ("8", None, 8),  # allocatable says nothing about the resource: capacity
+@pytest.mark.parametrize("name,node,want", [
+    ("the kubelet withholds two devices: never offer them", make_node("n").gpus(8).allocatable(6), 6),
+    ("none allocatable", make_node("n").gpus(8).allocatable(0), 0),
+    ("allocatable says nothing about the resource: capacity", make_node("n").gpus(8).not_allocatable(), 8),
 ])
-def test_device_count_comes_from_allocatable(capacity: str, allocatable: str | None, want: int) -> None:
-    raw = node("n")
-    raw["status"]["capacity"]["nvidia.com/gpu"] = capacity
-    if allocatable is None:
-        del raw["status"]["allocatable"]["nvidia.com/gpu"]
-    else:
-        raw["status"]["allocatable"]["nvidia.com/gpu"] = allocatable
-    assert len(build_node(raw, SPEC, ()).devices) == want
+def test_device_count_comes_from_allocatable(name: str, node: NodeObj, want: int) -> None:
+    assert len(build_node(node.obj(), SPEC, ()).devices) == want
 
 
-@pytest.mark.parametrize("taints,unschedulable,want_schedulable,want_taints", [
-    ([{"key": "dedicated", "value": "a", "effect": "NoSchedule"}], False, True,
+@pytest.mark.parametrize("name,node,want_schedulable,want_taints", [
+    ("a custom NoSchedule taint is data", make_node("n").taint("dedicated", value="a"), True,
      (Taint("dedicated", "a", "NoSchedule"),)),
-    ([{"key": "x", "effect": "NoExecute"}, {"key": "y", "effect": "PreferNoSchedule"}], False, True,
-     (Taint("x", "", "NoExecute"), Taint("y", "", "PreferNoSchedule"))),
-    ([{"key": "wanka.io/unhealthy", "value": "XID79", "effect": "NoSchedule"}], False, False, ()),
-    ([], True, False, ()),
-    (["junk", {"key": 5, "effect": "NoSchedule"}, {"key": "z", "effect": "Later"}], False, True, ()),
+    ("NoExecute and PreferNoSchedule too", make_node("n").taint("x", "NoExecute").taint("y", "PreferNoSchedule"),
+     True, (Taint("x", "", "NoExecute"), Taint("y", "", "PreferNoSchedule"))),
+    ("wanka's own taint cannot be tolerated", make_node("n").unhealthy(), False, ()),
+    ("cordoned", make_node("n").cordoned(), False, ()),
+    ("malformed taints are left out", make_node("n").taint("z", "Later").taint("5"), True,
+     (Taint("5", "", "NoSchedule"),)),
 ])
-def test_taints_are_data_except_wankas_own(taints: list[Any], unschedulable: bool, want_schedulable: bool,
+def test_taints_are_data_except_wankas_own(name: str, node: NodeObj, want_schedulable: bool,
                                            want_taints: tuple[Taint, ...]) -> None:
-    got = build_node(node("n", spec={"taints": taints, "unschedulable": unschedulable}), SPEC, ())
+    got = build_node(node.obj(), SPEC, ())
     assert (got.schedulable, got.taints) == (want_schedulable, want_taints)
+
+
+def test_taints_that_are_not_objects_are_ignored() -> None:
+    raw = make_node("n").obj()
+    raw["spec"]["taints"] = ["junk", {"key": 5, "effect": "NoSchedule"}, None]
+    assert build_node(raw, SPEC, ()).taints == ()
+    raw["spec"]["taints"] = "junk"
+    assert build_node(raw, SPEC, ()).schedulable
