@@ -1,4 +1,4 @@
-"""Fluent builders of the Kubernetes objects tests use (TrainingJob, Pod, Node) as plain dicts.
+"""Fluent builders of the Kubernetes objects tests use (TrainingJob, Pod, Node, GPUPool) as plain dicts.
 
 `make_training_job("llama").replicas(2).gpus(8).admitted(("n1", [0, 1])).obj()` reads like the
 table row it is; unit tests feed the result to the cluster layer's parsers, integration tests
@@ -90,6 +90,11 @@ class TrainingJobObj:
 
     def suspend(self) -> TrainingJobObj:
         self._spec["suspend"] = True
+        return self
+
+    def pod_spec(self, **fields: Any) -> TrainingJobObj:
+        """More fields of the template's pod spec: nodeSelector, affinity, tolerations, ..."""
+        self._spec["template"]["spec"].update(fields)
         return self
 
     def spec_field(self, key: str, value: Any) -> TrainingJobObj:
@@ -219,6 +224,15 @@ class NodeObj:
         self.body["status"]["allocatable"][resource] = str(n)
         return self
 
+    def allocatable(self, n: int, resource: str = "nvidia.com/gpu") -> NodeObj:
+        """What the kubelet offers of `resource`; capacity stays as it is."""
+        self.body["status"]["allocatable"][resource] = str(n)
+        return self
+
+    def not_allocatable(self, resource: str = "nvidia.com/gpu") -> NodeObj:
+        del self.body["status"]["allocatable"][resource]
+        return self
+
     def not_ready(self) -> NodeObj:
         self.body["status"]["conditions"] = [{"type": "Ready", "status": "False", "reason": "KubeletNotReady"}]
         return self
@@ -234,6 +248,10 @@ class NodeObj:
         self.body["metadata"]["labels"].update(labels)
         return self
 
+    def cordoned(self) -> NodeObj:
+        self.body["spec"]["unschedulable"] = True
+        return self
+
     def annotate(self, key: str, value: str) -> NodeObj:
         self.body["metadata"]["annotations"][key] = value
         return self
@@ -244,3 +262,29 @@ class NodeObj:
 
 def make_node(name: str) -> NodeObj:
     return NodeObj(name)
+
+
+class GPUPoolObj:
+    """A GPUPool selecting nodes by labels."""
+
+    def __init__(self, name: str) -> None:
+        self.body: dict[str, Any] = {
+            "apiVersion": "wanka.io/v1alpha1", "kind": "GPUPool",
+            "metadata": {"name": name, "uid": f"uid-{name}", "generation": 1, "resourceVersion": "1"},
+            "spec": {"nodeSelector": {"matchLabels": {}}},
+        }
+
+    def select(self, **labels: str) -> GPUPoolObj:
+        self.body["spec"]["nodeSelector"]["matchLabels"].update(labels)
+        return self
+
+    def spec_field(self, key: str, value: Any) -> GPUPoolObj:
+        self.body["spec"][key] = value
+        return self
+
+    def obj(self) -> dict[str, Any]:
+        return copy.deepcopy(self.body)
+
+
+def make_gpupool(name: str) -> GPUPoolObj:
+    return GPUPoolObj(name)

@@ -46,8 +46,9 @@ def make_fleet(
 def make_job(
     cluster: Cluster, namespace: str, fleet: Fleet, name: str, replicas: int = 4, gpus: int = 8,
     labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None,
-    **spec: Any,
+    pod_spec: dict[str, Any] | None = None, **spec: Any,
 ) -> dict[str, Any]:
+    """`pod_spec`: more fields of the template's pod spec (nodeSelector, tolerations, ...)."""
     resources = spec.pop("resources", {"gpus": gpus})
     body = {
         "apiVersion": "wanka.io/v1alpha1", "kind": "TrainingJob",
@@ -59,7 +60,8 @@ def make_job(
                 "metadata": {"labels": labels or {}, "annotations": annotations or {}},
                 "spec": {"terminationGracePeriodSeconds": 5,
                          "containers": [{"name": "train", "image": "trainer:1",
-                                         "resources": {"requests": {"cpu": "4", "memory": "16Gi"}}}]},
+                                         "resources": {"requests": {"cpu": "4", "memory": "16Gi"}}}],
+                         **(pod_spec or {})},
             },
             **spec,
         },

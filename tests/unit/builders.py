@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from wanka.core.constraints import Taint, TaintEffect, Term, Toleration
 from wanka.core.queueing import PoolQuota, QueueSpec, WithinQueue
 from wanka.core.requests import GangRequest, TopologyMode
 from wanka.core.snapshot import Allocation, Device, DeviceShare, Node, Snapshot
@@ -58,6 +59,15 @@ class JobBuilder:
     def topology(self, level: str, mode: TopologyMode = "Required") -> JobBuilder:
         return self._set(topology_level=level, topology_mode=mode)
 
+    def tolerate(self, *tolerations: Toleration) -> JobBuilder:
+        return self._set(tolerations=tolerations)
+
+    def node_selector(self, labels: dict[str, str]) -> JobBuilder:
+        return self._set(node_selector=tuple(sorted(labels.items())))
+
+    def affinity(self, *terms: Term) -> JobBuilder:
+        return self._set(affinity=terms)
+
     def queue(self, name: str) -> JobBuilder:
         return self._set(queue=name)
 
@@ -95,6 +105,7 @@ class NodeBuilder:
         self._topology: tuple[str, ...] = ()
         self._schedulable = True
         self._labels: dict[str, str] = {}
+        self._taints: list[Taint] = []
 
     def gpus(self, n: int, model: str = "H100-80GB", memory_mib: int = 80 * GIB) -> NodeBuilder:
         self._devices = [Device(i, model, memory_mib) for i in range(n)]
@@ -111,6 +122,14 @@ class NodeBuilder:
 
     def topo(self, *domains: str) -> NodeBuilder:
         self._topology = domains
+        return self
+
+    def label(self, key: str, value: str) -> NodeBuilder:
+        self._labels[key] = value
+        return self
+
+    def taint(self, key: str, value: str = "", effect: TaintEffect = "NoSchedule") -> NodeBuilder:
+        self._taints.append(Taint(key, value, effect))
         return self
 
     def unschedulable(self) -> NodeBuilder:
@@ -148,6 +167,7 @@ class NodeBuilder:
             labels=dict(self._labels),
             topology=self._topology,
             schedulable=self._schedulable,
+            taints=tuple(self._taints),
         )
 
 

@@ -4,10 +4,12 @@ instances, and the repartitioner that talks to NVIDIA's MIG manager."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import yaml
 
+from tests.unit.builders import make_job
 from tests.unit.test_translate_accounting import node, pod
 from wanka.api.gpupool import GPUPoolSpec
 from wanka.cluster.cache import FleetCache
@@ -22,6 +24,8 @@ from wanka.cluster.mig import (
     read_geometry,
 )
 from wanka.cluster.translate import build_pool_snapshot
+from wanka.core.constraints import Toleration
+from wanka.core.gang import place_gang
 from wanka.core.mig import MigInstance, NodeGeometry
 
 SPEC = GPUPoolSpec.model_validate({
@@ -75,11 +79,17 @@ def test_a_change_not_yet_applied_is_settling_and_adds_no_phantom_device() -> No
     assert devices[0].mig_settling and devices[0].free_instances("1g.10gb") == []
 
 
-def test_cordoned_and_tainted_mig_nodes_are_unschedulable() -> None:
+def test_cordoned_mig_nodes_are_unschedulable_and_tainted_ones_only_for_tolerating_gangs() -> None:
     cordoned = mig_node("c", spec={"unschedulable": True})
     tainted = mig_node("t", spec={"taints": [{"key": "maintenance", "effect": "NoSchedule"}]})
     view = build_pool_snapshot(SPEC, [cordoned, tainted, mig_node("ok")], [])
-    assert {n.name: n.schedulable for n in view.snapshot.nodes.values()} == {"c": False, "t": False, "ok": True}
+    assert {n.name: n.schedulable for n in view.snapshot.nodes.values()} == {"c": False, "t": True, "ok": True}
+    gang = make_job("m").replicas(8).mig("1g.10gb").obj()  # seven instances per node
+    result = place_gang(view.snapshot, gang, dry_run=True)
+    assert not result.ok and "1 untolerated taint" in result.reason
+    tolerant = place_gang(view.snapshot, replace(gang, tolerations=(Toleration("maintenance", "Exists"),)),
+                          dry_run=True)
+    assert tolerant.placement is not None and set(tolerant.placement.nodes) == {"t", "ok"}
 
 
 def test_an_unreadable_geometry_annotation_means_whole_devices() -> None:

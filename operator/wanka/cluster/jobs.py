@@ -53,6 +53,7 @@ from wanka.cluster.mig import INSTANCE_ANNOTATION as MIG_INSTANCE_ANNOTATION
 from wanka.cluster.mig import MigRepartitioner
 from wanka.cluster.mig import resource_for as mig_resource
 from wanka.cluster.pools import parse_spec
+from wanka.cluster.template import template_constraints
 from wanka.cluster.translate import (
     DEVICES_ANNOTATION,
     JOB_LABEL,
@@ -62,6 +63,7 @@ from wanka.cluster.translate import (
     has_taint,
     node_ready,
     pod_requests,
+    pool_membership,
 )
 from wanka.core import lifecycle, podpolicy
 from wanka.core.lifecycle import ACTIVE, JobFacts, NodeFacts, PodFacts, VictimFacts
@@ -247,15 +249,19 @@ def job_request(job: Job, pool: GPUPoolSpec, resuming: bool, placed: bool = Fals
         replicas, min_available = len(job.status.placement), None
     res = spec.resources
     cpu = mem = 0
+    template = spec.template.wire()
     if spec.template.spec.containers:
-        pod = {"spec": spec.template.wire()["spec"]}
-        cpu, mem, _ = pod_requests(pod, pool.accelerator.resource_name)
+        cpu, mem, _ = pod_requests({"spec": template["spec"]}, pool.accelerator.resource_name)
     gpus = res.gpus or 0
     milli = 0
     if res.gpu_fraction is not None:
         gpus, milli = 0, res.gpu_milli
     created = ts(job.raw["metadata"].get("creationTimestamp")) or 0.0
     checkpoint = job.status.last_checkpoint
+    nodes = template_constraints(template)
+    if nodes.problems and not placed:
+        more = f" (and {len(nodes.problems) - 3} more)" if len(nodes.problems) > 3 else ""
+        raise InvalidRequest(f"{job.key}: template: {'; '.join(nodes.problems[:3])}{more}")
     return GangRequest(
         owner=job.key,
         queue=spec.queue,
@@ -270,6 +276,9 @@ def job_request(job: Job, pool: GPUPoolSpec, resuming: bool, placed: bool = Fals
         cpu_milli=cpu,
         memory_mib=mem,
         excluded_nodes=frozenset(job.status.excluded_nodes),
+        tolerations=nodes.tolerations,
+        node_selector=nodes.node_selector,
+        affinity=nodes.affinity,
         topology_level=spec.topology.level if spec.topology else "",
         topology_mode=spec.topology.mode if spec.topology else "Preferred",
         # An interrupted gang goes back to the front of its queue.
@@ -615,8 +624,10 @@ class JobReconciler:
         active = [j for j in jobs if j.spec is not None and j.spec.pool == pool_name
                   and j.status.phase in ACTIVE]
         ledger = [a for j in active for a in reservations(j)]
-        view = build_pool_snapshot(pool, self.cache.store("nodes").values(),
-                                   self.cache.store("pods").values(), ledger)
+        node_objs = self.cache.store("nodes").values()
+        # A node several pools select is in none of them: the same rule as pool status.
+        view = build_pool_snapshot(pool, node_objs, self.cache.store("pods").values(), ledger,
+                                   pool_membership(self._pools(), node_objs).nodes_of(pool_name))
         if pool.sharing.mode == "MIG":
             self._mig.settle(view.snapshot, lambda name: self.cache.store("nodes").get("", name))
         running = [job_request(j, pool, resuming=False, placed=True) for j in active]

@@ -24,7 +24,7 @@ from wanka.cluster.cache import FleetCache
 from wanka.cluster.fence import NotLeader
 from wanka.cluster.ledger import raw_ledger
 from wanka.cluster.mig import read_geometry
-from wanka.cluster.translate import build_pool_snapshot, pod_requests
+from wanka.cluster.translate import Membership, build_pool_snapshot, pod_requests, pool_membership
 from wanka.core.accounting import PoolSummary, summarize
 from wanka.core.fragmentation import Shape, snapshot_stranded
 from wanka.core.health import PoolCondition
@@ -85,6 +85,15 @@ def pool_shapes(jobs: Iterable[Mapping[str, Any]], pool: str, spec: GPUPoolSpec,
     return sorted(shapes, key=lambda s: (s.gpus, s.gpu_milli, s.cpu_milli))
 
 
+def overlap_message(nodes: list[str], others: list[str], shown: int = 5) -> str:
+    """Why some selected nodes are in no pool, naming the first few and the other pools."""
+    if not nodes:
+        return ""
+    names = ", ".join(nodes[:shown]) + (f" and {len(nodes) - shown} more" if len(nodes) > shown else "")
+    return (f"{len(nodes)} node(s) ({names}) are also selected by GPUPool {', '.join(others)}: "
+            "a node belongs to at most one pool, so they are in none until the selectors stop overlapping")
+
+
 def status_from_summary(
     summary: PoolSummary,
     previous: GPUPoolStatus | None,
@@ -92,12 +101,15 @@ def status_from_summary(
     conflicts: list[str],
     now: datetime,
     guard: PoolCondition | None = None,
+    overlap: str = "",
 ) -> GPUPoolStatus:
     conditions: list[Condition] = list(previous.conditions) if previous else []
     if guard is not None:
         set_condition(conditions, guard.type, guard.status, guard.reason, guard.message,
                       generation, now)
-    if summary.nodes_total:
+    if overlap:
+        set_condition(conditions, "Ready", "False", "OverlappingPools", overlap, generation, now)
+    elif summary.nodes_total:
         set_condition(conditions, "Ready", "True", "NodesSelected",
                       f"{summary.nodes_total} nodes, {summary.gpus_total} GPUs", generation, now)
     else:
@@ -161,9 +173,18 @@ class PoolReconciler:
         nodes = self.cache.store("nodes").values()
         pods = self.cache.store("pods").values()
         ledger = self._ledger_by_pool()
-        for pool in self.cache.store("gpupools").values():
+        pools = self.cache.store("gpupools").values()
+        specs = {}
+        for pool in pools:
             try:
-                self.reconcile(pool, nodes, pods, ledger.get(pool.get("metadata", {}).get("name"), []))
+                specs[str(pool["metadata"]["name"])] = parse_spec(pool)
+            except ValidationError:
+                continue  # an invalid pool selects nothing; reconcile reports it
+        membership = pool_membership(specs, nodes)
+        for pool in pools:
+            try:
+                self.reconcile(pool, nodes, pods, ledger.get(pool.get("metadata", {}).get("name"), []),
+                               membership)
             except NotLeader:
                 raise  # not a broken pool: this replica must stop writing altogether
             except Exception as exc:  # one broken pool must not stop the others
@@ -176,7 +197,8 @@ class PoolReconciler:
                     log.debug("could not record the failure on the pool", exc_info=True)
 
     def reconcile(self, pool: Mapping[str, Any], nodes: list[dict[str, Any]], pods: list[dict[str, Any]],
-                  ledger: Iterable[Allocation] = ()) -> None:
+                  ledger: Iterable[Allocation] = (), membership: Membership | None = None) -> None:
+        """`membership`: every pool's nodes (see `pool_membership`); None: this pool alone."""
         meta = pool.get("metadata") or {}
         name = str(meta.get("name"))
         generation = meta.get("generation")
@@ -196,7 +218,10 @@ class PoolReconciler:
             return
         self._invalid.pop(name, None)
         # Reserved but not yet bound counts as allocated: the job loop sees the same ledger.
-        view = build_pool_snapshot(spec, nodes, pods, ledger)
+        if membership is None:
+            membership = pool_membership({name: spec}, nodes)
+        view = build_pool_snapshot(spec, nodes, pods, ledger, membership.nodes_of(name))
+        overlap = overlap_message(*membership.overlaps(name))
         shapes = pool_shapes(self.cache.store("trainingjobs").values(), name, spec,
                              lambda job: self._shape(job, spec.accelerator.resource_name))
         stranded = snapshot_stranded(view.snapshot, shapes, spec.sharing.max_shares_per_device)
@@ -204,7 +229,7 @@ class PoolReconciler:
         if self.on_summary:
             self.on_summary(name, summary)
         status = status_from_summary(summary, previous, generation, view.conflicts, now,
-                                     self.guard.get(name))
+                                     self.guard.get(name), overlap)
         status.devices.mig_partitioned = sum(
             sum(1 for g in read_geometry(n).values() if g)
             for n in nodes if n["metadata"]["name"] in view.snapshot.nodes)
@@ -249,6 +274,11 @@ class PoolReconciler:
     def _announce(self, pool: Mapping[str, Any], old: GPUPoolStatus | None, new: GPUPoolStatus) -> None:
         """Events for what a person would want in `kubectl describe gpupool`."""
         old_nodes = old.nodes if old else NodeCounts()
+        ready = next((c for c in new.conditions if c.type == "Ready"), None)
+        was = next((c for c in old.conditions if c.type == "Ready"), None) if old else None
+        if (ready is not None and ready.reason == "OverlappingPools"
+                and (was is None or (was.reason, was.message) != (ready.reason, ready.message))):
+            self.events.record(pool, "Warning", "OverlappingPools", ready.message)
         if new.nodes.total != old_nodes.total:
             self.events.record(
                 pool, "Normal", "NodesChanged",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -13,6 +13,7 @@ from kubernetes.utils import parse_quantity
 
 from wanka.api.gpupool import GPUPoolSpec
 from wanka.cluster import mig
+from wanka.core.constraints import Taint
 from wanka.core.health import HealthRecord
 from wanka.core.snapshot import WHOLE, Allocation, Device, DeviceShare, HealthState, Node, OverAllocation, Snapshot
 from wanka.units import MAX_DEVICES_PER_NODE
@@ -41,9 +42,12 @@ def quantity(value: Any, default: str = "0") -> Decimal:
 
 
 def device_count(node: Mapping[str, Any], resource: str) -> int:
-    """The node's devices of `resource` by its status.capacity, bounded by MAX_DEVICES_PER_NODE."""
-    capacity = _mapping(_mapping(node.get("status")).get("capacity"))
-    return max(0, min(MAX_DEVICES_PER_NODE, int(quantity(capacity.get(resource)))))
+    """The node's devices of `resource` by its status.allocatable (what the kubelet offers;
+    capacity only when allocatable does not name it), bounded by MAX_DEVICES_PER_NODE."""
+    status = _mapping(node.get("status"))
+    allocatable = _mapping(status.get("allocatable"))
+    source = allocatable if resource in allocatable else _mapping(status.get("capacity"))
+    return max(0, min(MAX_DEVICES_PER_NODE, int(quantity(source.get(resource)))))
 
 
 def pod_requests(pod: Mapping[str, Any], resource: str) -> tuple[int, int, int]:
@@ -94,15 +98,20 @@ def node_ready(node: Mapping[str, Any]) -> bool:
 
 
 def has_taint(node: Mapping[str, Any], key: str) -> bool:
-    return any(t.get("key") == key for t in (node.get("spec") or {}).get("taints") or [])
+    return any(_mapping(t).get("key") == key for t in _items(_mapping(node.get("spec")).get("taints")))
 
 
-def blocking_taint(node: Mapping[str, Any]) -> str | None:
-    """The first taint that keeps new work off the node (our pods tolerate none of them)."""
-    for taint in (node.get("spec") or {}).get("taints") or []:
-        if taint.get("effect") in ("NoSchedule", "NoExecute"):
-            return str(taint.get("key"))
-    return None
+def node_taints(node: Mapping[str, Any]) -> tuple[Taint, ...]:
+    """The node's taints a request may tolerate: all but Wanka's own `wanka.io/unhealthy`,
+    which makes the node unschedulable for everyone. Malformed entries are left out."""
+    out = []
+    for taint in map(_mapping, _items(_mapping(node.get("spec")).get("taints"))):
+        key, value, effect = taint.get("key"), taint.get("value") or "", taint.get("effect")
+        if key == UNHEALTHY_TAINT or not isinstance(key, str) or not isinstance(value, str):
+            continue
+        if effect in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+            out.append(Taint(key, value, effect))
+    return tuple(out)
 
 
 def annotations_of(obj: Mapping[str, Any]) -> Mapping[str, str]:
@@ -173,7 +182,7 @@ def build_node(node: Mapping[str, Any], spec: GPUPoolSpec, levels: tuple[str, ..
     schedulable = (
         node_ready(node)
         and not (node.get("spec") or {}).get("unschedulable")
-        and blocking_taint(node) is None
+        and not has_taint(node, UNHEALTHY_TAINT)
         and state == "Healthy"
     )
     return Node(
@@ -184,6 +193,7 @@ def build_node(node: Mapping[str, Any], spec: GPUPoolSpec, levels: tuple[str, ..
         labels=dict(lab),
         topology=tuple(lab.get(level, "") for level in levels),
         schedulable=schedulable,
+        taints=node_taints(node),
         health=state,
     )
 
@@ -235,6 +245,39 @@ def pod_allocation(pod: Mapping[str, Any], resource: str) -> Allocation | None:
     return Allocation(owner, member, node, cpu, mem, (), opaque_gpus=gpus)
 
 
+@dataclass(frozen=True)
+class Membership:
+    """Which pool each node belongs to. A node selected by two or more pools belongs to none
+    of them, so no device is ever counted in two pools' snapshots."""
+
+    owner: Mapping[str, str]  # node -> the one pool selecting it
+    claims: Mapping[str, tuple[str, ...]]  # node selected by several pools -> those pools
+
+    def nodes_of(self, pool: str) -> frozenset[str]:
+        return frozenset(node for node, owner in self.owner.items() if owner == pool)
+
+    def overlaps(self, pool: str) -> tuple[list[str], list[str]]:
+        """(the nodes `pool` shares with other pools, those other pools), both sorted."""
+        nodes = sorted(n for n, pools in self.claims.items() if pool in pools)
+        others = sorted({p for n in nodes for p in self.claims[n]} - {pool})
+        return nodes, others
+
+
+def pool_membership(pools: Mapping[str, GPUPoolSpec], nodes: Iterable[Mapping[str, Any]]) -> Membership:
+    """The one rule deciding pool membership, shared by pool status and admission."""
+    owner: dict[str, str] = {}
+    claims: dict[str, tuple[str, ...]] = {}
+    for node in nodes:
+        lab = dict(labels(node))
+        name = str((node.get("metadata") or {}).get("name"))
+        selecting = tuple(sorted(p for p, spec in pools.items() if spec.node_selector.matches(lab)))
+        if len(selecting) == 1:
+            owner[name] = selecting[0]
+        elif selecting:
+            claims[name] = selecting
+    return Membership(owner, claims)
+
+
 @dataclass
 class PoolView:
     """One pool's snapshot plus what did not fit into it."""
@@ -248,16 +291,22 @@ def build_pool_snapshot(
     nodes: Iterable[Mapping[str, Any]],
     pods: Iterable[Mapping[str, Any]],
     reservations: Iterable[Allocation] = (),
+    members: Collection[str] | None = None,
 ) -> PoolView:
-    """The snapshot of the nodes `spec` selects, with the ledger's reservations and every
-    bound pod on them applied.
+    """The snapshot of the pool's nodes, with the ledger's reservations and every bound pod
+    on them applied. `members`: the nodes the pool owns (see `pool_membership`); None for a
+    pool on its own, whose nodes are all those its selector matches.
 
     A reservation and the pod that carries it out share one (owner, member) key: the pod is
     the same allocation, not a second one. (A gang is placed again only once every pod of
     its previous attempt is gone, so an old pod never hides behind a new reservation.)
     """
     levels = tuple(spec.topology.levels)
-    selected = [build_node(n, spec, levels) for n in nodes if spec.node_selector.matches(dict(labels(n)))]
+    if members is None:
+        chosen = [n for n in nodes if spec.node_selector.matches(dict(labels(n)))]
+    else:
+        chosen = [n for n in nodes if (n.get("metadata") or {}).get("name") in members]
+    selected = [build_node(n, spec, levels) for n in chosen]
     snap = Snapshot(selected, levels=levels)
     view = PoolView(snap)
     pinned: list[Allocation] = []

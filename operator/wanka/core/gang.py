@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from wanka.core.constraints import selects, untolerated
 from wanka.core.requests import GangRequest
 from wanka.core.snapshot import WHOLE, Allocation, DeviceShare, Node, OverAllocation, Snapshot
 
@@ -109,6 +110,9 @@ class GangResult:
         return self.placement is not None
 
 
+# How a skipped node reads in a reason, by `GangRequest.refusal`'s answer.
+REFUSALS = {"taint": "untolerated taint", "affinity": "not matching nodeSelector/affinity"}
+
 # A candidate node: (k replicas fit, packing key, name, topology path, node).
 _Cand = tuple[int, int, str, tuple[str, ...], Node]
 
@@ -117,6 +121,8 @@ _Cand = tuple[int, int, str, tuple[str, ...], Node]
 class _Skips:
     unschedulable: int = 0
     excluded: int = 0
+    taint: int = 0
+    affinity: int = 0
     model: int = 0
     cpu_memory: int = 0
     gpu: int = 0
@@ -127,6 +133,8 @@ class _Skips:
             for n, what in (
                 (self.unschedulable, "unschedulable"),
                 (self.excluded, "excluded"),
+                (self.taint, REFUSALS["taint"]),
+                (self.affinity, REFUSALS["affinity"]),
                 (self.model, "other model"),
                 (self.cpu_memory, "short of CPU/memory"),
                 (self.gpu, "short of GPU"),
@@ -155,12 +163,28 @@ def _candidates(snapshot: Snapshot, req: GangRequest) -> tuple[list[_Cand], _Ski
     cpu = req.cpu_milli
     mem = req.memory_mib
     depth = len(snapshot.levels)
+    tolerations = req.tolerations
+    # Nodes the request's labels rule out join the excluded ones: one set test per node.
+    off: frozenset[str] = frozenset()
+    if req.selective:
+        off = frozenset(
+            n.name
+            for n in snapshot.nodes.values()
+            if not selects(req.node_selector, req.affinity, n.name, n.labels)
+        )
+        ex_nodes = ex_nodes | off
     for node in snapshot.nodes.values():
         if not node.schedulable:
             skips.unschedulable += 1
             continue
         if node.name in ex_nodes:
-            skips.excluded += 1
+            if node.name in off:
+                skips.affinity += 1
+            else:
+                skips.excluded += 1
+            continue
+        if node.taints and untolerated(tolerations, node.taints) is not None:
+            skips.taint += 1
             continue
         devices = node.devices
         if (g or share) and models and (not devices or devices[0].model not in models):

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from wanka.core.constraints import Term, Toleration, selects, untolerated
+from wanka.core.snapshot import Node
 from wanka.units import WHOLE, mig_profile_slices, mig_share_milli
 
 TopologyMode = Literal["Required", "Preferred"]
@@ -55,6 +57,11 @@ class GangRequest:
     models: frozenset[str] = frozenset()  # allowed GPU models; empty means any
     excluded_nodes: frozenset[str] = frozenset()
     excluded_devices: frozenset[tuple[str, int]] = frozenset()  # (node, device index)
+    # The pod template's node constraints: tolerations, nodeSelector as (key, value) pairs,
+    # and required node affinity terms (None: none given; empty: matches no node).
+    tolerations: tuple[Toleration, ...] = ()
+    node_selector: tuple[tuple[str, str], ...] = ()
+    affinity: tuple[Term, ...] | None = None
     topology_level: str = ""  # a topology label key of the pool, e.g. "wanka.io/rack"
     topology_mode: TopologyMode = "Preferred"
     created: float = 0.0  # seconds since the epoch of the injected clock
@@ -86,6 +93,20 @@ class GangRequest:
             except ValueError as exc:
                 raise InvalidRequest(str(exc)) from None
             mig_profile_memory_mib(self.mig_profile)
+
+    # --- node constraints ----------------------------------------------------------------
+    @property
+    def selective(self) -> bool:
+        """Whether a node selector or required affinity narrows the nodes."""
+        return bool(self.node_selector) or self.affinity is not None
+
+    def refusal(self, node: Node) -> str | None:
+        """Why `node` is not for this request by its taints or labels ("taint", "affinity")."""
+        if node.taints and untolerated(self.tolerations, node.taints) is not None:
+            return "taint"
+        if self.selective and not selects(self.node_selector, self.affinity, node.name, node.labels):
+            return "affinity"
+        return None
 
     # --- derived shape -------------------------------------------------------------------
     @property

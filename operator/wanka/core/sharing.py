@@ -7,11 +7,12 @@ it is expected to see, which is what the slice policies in core/slicing.py score
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from wanka.core.fragmentation import Shape, Workload
-from wanka.core.gang import BEST_FIT_SLICES, GangPlacement, GangResult, Writer
+from wanka.core.gang import BEST_FIT_SLICES, REFUSALS, GangPlacement, GangResult, Writer
 from wanka.core.requests import GangRequest
 from wanka.core.slicing import PolicyContext, SliceDecision, SliceRequest, get_policy, place
 from wanka.core.snapshot import Node, Snapshot
@@ -73,15 +74,23 @@ class FragmentationAwareShares:
         target: Writer = writer if writer is not None and not dry_run else txn
         done = []
         reason = ""
+        # Nodes the gang's taints or labels rule out are left out like excluded ones.
+        selective = req.selective
+        refused = {n.name: r for n in snapshot.nodes.values()
+                   if (n.taints or selective) and (r := req.refusal(n)) is not None}
+        exclude = req.excluded_nodes | refused.keys() if refused else req.excluded_nodes
         for member in range(req.replicas):
             # One context for the whole gang: place() keeps node states and scores in it and
             # re-reads only the nodes our own applies touched.
             decision = place(snapshot, one, policy, ctx,
                              max_shares_per_device=self.max_shares_per_device,
-                             exclude=req.excluded_nodes)
+                             exclude=exclude)
             if not isinstance(decision, SliceDecision):
                 reason = (f"replica {member + 1}/{req.replicas} of {req.describe()}: "
                           f"{decision.reason}")
+                if refused:
+                    counts = sorted(Counter(refused.values()).items())
+                    reason += " (of them " + ", ".join(f"{n} {REFUSALS[r]}" for r, n in counts) + ")"
                 break
             alloc = decision.allocation(req.owner, str(member), one)
             target.apply(alloc)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from wanka.core.constraints import Taint
 from wanka.units import WHOLE as WHOLE  # milli-GPU in one device (re-exported for the core)
 from wanka.units import mig_share_milli
 
@@ -76,6 +77,8 @@ class Node:
     # Domain per pool topology level, closest first, e.g. ("nvl-3", "rack-1", "spine-0").
     topology: tuple[str, ...] = ()
     schedulable: bool = True  # False: tainted unhealthy, cordoned, NotReady or quarantined
+    # Every other taint: it keeps off only the requests that do not tolerate it.
+    taints: tuple[Taint, ...] = ()
     health: HealthState = "Healthy"
     used_cpu_milli: int = 0
     used_memory_mib: int = 0

@@ -456,6 +456,7 @@ def _fresh(node: Node) -> Node:
         labels=dict(node.labels),
         topology=node.topology,
         schedulable=node.schedulable,
+        taints=node.taints,
     )
 
 
