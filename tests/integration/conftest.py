@@ -40,6 +40,17 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: last={last!r}")
 
 
+def holds(predicate: Callable[[], Any], seconds: float, interval: float = 0.2, what: str = "") -> None:
+    """Assert `predicate` stays truthy at every poll for `seconds` (for "nothing changes")."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = predicate()
+        assert value, f"{what or predicate} stopped holding: {value!r}"
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(interval)
+
+
 class Cluster:
     """A handle on the session's control plane."""
 

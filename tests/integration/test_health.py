@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Cluster, OperatorProcess, wait_for
+from tests.integration.conftest import Cluster, OperatorProcess, holds, wait_for
 from tests.integration.test_gpupool import make_pool, pool_status
 from wanka.cluster.dev import create_nodes
 from wanka.cluster.localcluster import REPO
@@ -58,12 +58,10 @@ def test_sick_condition_taints_at_once_and_recovers_after_the_stable_window(
     pool, names = health_pool(cluster, 5, recoveryStableSeconds=4)
     node = names[0]
 
-    start = time.monotonic()
+    # How fast is bench/bench_taint_latency.py's business; here: tainted, with the reason.
     set_gpu_condition(cluster, node, "False", "EccUncorrectable")
-    taint = wait_for(lambda: our_taint(cluster, node), 5, interval=0.05, what="the unhealthy taint")
-    latency = time.monotonic() - start
+    taint = wait_for(lambda: our_taint(cluster, node), 10, interval=0.05, what="the unhealthy taint")
     assert taint == {"value": "EccUncorrectable", "effect": "NoSchedule"}
-    assert latency < 2.0, f"signal to taint took {latency:.2f}s"
     assert record(cluster, node)["state"] == "Sick"
     wait_for(lambda: (pool_status(cluster, pool).get("nodes") or {}).get("sick") == 1, 10,
              what="pool counts the sick node")
@@ -101,8 +99,8 @@ def test_flapping_node_is_quarantined_until_a_person_clears_it(
         wait_for(lambda: record(cluster, node).get("state") in ("Recovering", "Quarantined"), 5,
                  what="recovering or quarantined")
     wait_for(lambda: record(cluster, node).get("state") == "Quarantined", 5, what="Quarantined")
-    time.sleep(2.5)  # well past the stable window: quarantine must hold anyway
-    assert record(cluster, node)["state"] == "Quarantined"
+    # Well past the stable window (1 s): quarantine holds all the while.
+    holds(lambda: record(cluster, node)["state"] == "Quarantined", 2.5, what="quarantine")
     assert our_taint(cluster, node) is not None
     assert any(e.reason == "NodeQuarantined" or "uarantin" in e.reason
                for e in cluster.events_for(node)), [e.reason for e in cluster.events_for(node)]
@@ -124,9 +122,8 @@ def test_guard_stops_tainting_when_too_much_of_the_pool_turns_sick(
                      if c["type"] == "HealthGuardTripped" and c["status"] == "True"), None)
 
     cond = wait_for(guard, 10, what="HealthGuardTripped=True on the pool")
-    time.sleep(1.5)
-    tainted = [n for n in names if our_taint(cluster, n) is not None]
-    assert len(tainted) <= 2, f"the guard allows 20% of 10 nodes, tainted: {tainted}"
+    holds(lambda: len([n for n in names if our_taint(cluster, n) is not None]) <= 2, 1.5,
+          what="the guard allows 20% of 10 nodes tainted")
     assert "20" in cond["message"], cond["message"]
     assert any(e.reason == "HealthGuardTripped" for e in cluster.events_for(pool))
 
