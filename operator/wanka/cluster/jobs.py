@@ -584,7 +584,6 @@ class JobReconciler:
             BINDS.labels("bound").inc()
             failpoints.hit("after-bind")
 
-
     def _transition(
         self, job: Job, status: TrainingJobStatus, phase: str, cond: str, cstatus: str,
         reason: str, message: str, event: str | None = "Normal",
@@ -630,7 +629,12 @@ class JobReconciler:
                                    pool_membership(self._pools(), node_objs).nodes_of(pool_name))
         if pool.sharing.mode == "MIG":
             self._mig.settle(view.snapshot, lambda name: self.cache.store("nodes").get("", name))
-        running = [job_request(j, pool, resuming=False, placed=True) for j in active]
+        running = []
+        for j in active:
+            try:
+                running.append(job_request(j, pool, resuming=False, placed=True))
+            except Exception as exc:  # its ledger still holds its devices; it only cannot be a victim
+                log.warning("running gang %s is not a preemption candidate: %s", j.key, exc)
         queue_specs = core_queues(queues)
         if not requests:
             return
