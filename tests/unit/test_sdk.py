@@ -154,19 +154,19 @@ def test_sigterm_only_asks_the_loop_to_stop_and_save_once(tmp_path: Path) -> Non
 def test_settings_from_env() -> None:
     s = Settings.from_env({"WANKA_JOB": "ns/j", "RANK": "3", "WORLD_SIZE": "4", "WANKA_RESUME": "1",
                            "WANKA_RESTART_COUNT": "2", "WANKA_CHECKPOINT_DIR": "/c",
-                           "WANKA_CHECKPOINT_CONFIGMAP": "j-checkpoint", "WANKA_NAMESPACE": "ns"})
-    assert (s.rank, s.world_size, s.resume, s.restart_count, s.checkpoint_dir) == (3, 4, True, 2, "/c")
+                           "WANKA_PROGRESS": "j", "WANKA_NAMESPACE": "ns"})
+    assert (s.rank, s.world_size, s.resume, s.restart_count, s.checkpoint_dir, s.progress) == (3, 4, True, 2, "/c", "j")
     assert Settings.from_env({}).resume is False
 
 
 def test_report_is_a_no_op_outside_a_cluster(tmp_path: Path) -> None:
-    settings = Settings(configmap="j-checkpoint", namespace="ns")
+    settings = Settings(progress="j", namespace="ns")
     assert not Reporter(settings, sa_dir=tmp_path, server=None).enabled
     assert Reporter(settings, sa_dir=tmp_path, server=None).report(1, "/c", 0.0) is False
     # Only rank 0 reports, even inside a cluster.
     (tmp_path / "token").write_text("t")
     assert Reporter(settings, sa_dir=tmp_path, server="https://x").enabled
-    assert not Reporter(Settings(configmap="c", rank=1), sa_dir=tmp_path, server="https://x").enabled
+    assert not Reporter(Settings(progress="j", rank=1), sa_dir=tmp_path, server="https://x").enabled
 
 
 # --- a gang: several ranks saving into one shared directory ---------------------------------
