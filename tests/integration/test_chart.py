@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,10 +169,18 @@ def test_operator_runs_a_whole_job_lifecycle_under_the_charts_rbac(
         assert admitted and admitted["status"] == "True", admitted
         first = {p.metadata.name: p.spec.node_name for p in live_pods(cluster, namespace, "rbac")}
         assert len(first) == 2 and all(first.values())
-        # The per-job checkpoint Role: creating it needs the configmaps verbs it grants.
+        # The per-job Role: creating it needs the verbs it grants, on Wanka's own report type.
         rbac = client.RbacAuthorizationV1Api(cluster.api)
-        assert rbac.read_namespaced_role("rbac-checkpoint-writer", namespace).rules[0].verbs == [
-            "get", "update", "patch"]
+        rule = rbac.read_namespaced_role("rbac-checkpoint-writer", namespace).rules[0]
+        assert (rule.resources, rule.resource_names, rule.verbs) == (
+            ["trainingjobprogresses"], ["rbac"], ["get", "update", "patch"])
+        # The workload's report reaches status through the operator's watch of its own type.
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object(
+            "wanka.io", "v1alpha1", namespace, "trainingjobprogresses", "rbac",
+            {"spec": {"step": 40, "path": "/ckpt/step-00000040", "time": when}})
+        wait_for(lambda: (job(cluster, namespace, "rbac")["status"].get("lastCheckpoint") or {}).get("step") == 40,
+                 20, what="the report mirrored into lastCheckpoint")
 
         victim = sorted(first)[0]
         cluster.core.patch_namespaced_pod(victim, namespace,
@@ -188,7 +197,7 @@ def test_operator_runs_a_whole_job_lifecycle_under_the_charts_rbac(
 
         cluster.delete("trainingjobs", "rbac", namespace)
         wait_for(lambda: _nothing_left(cluster, namespace, "rbac"), 20,
-                 what="no pod, Service, ServiceAccount, ConfigMap, Role or job left")
+                 what="no pod, Service, ServiceAccount, progress report, Role or job left")
 
         # Health: the chart's agent account reports a node-wide GPU fault (one sick device only
         # excludes that device); the operator taints the node (nodes patch), then lifts the
@@ -290,7 +299,7 @@ def _nothing_left(cluster: Cluster, namespace: str, name: str) -> bool:
     reads = [
         lambda: cluster.core.read_namespaced_service(name, namespace),
         lambda: cluster.core.read_namespaced_service_account(f"{name}-wanka", namespace),
-        lambda: cluster.core.read_namespaced_config_map(f"{name}-checkpoint", namespace),
+        lambda: cluster.get("trainingjobprogresses", name, namespace),
         lambda: rbac.read_namespaced_role(f"{name}-checkpoint-writer", namespace),
         lambda: rbac.read_namespaced_role_binding(f"{name}-checkpoint-writer", namespace),
         lambda: job(cluster, namespace, name),

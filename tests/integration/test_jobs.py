@@ -167,9 +167,10 @@ def test_deleting_a_running_job_leaves_nothing_behind(
 
         if pods(cluster, namespace, "gone"):
             return False
-        for read in (cluster.core.read_namespaced_service, cluster.core.read_namespaced_config_map):
+        for read in (lambda: cluster.core.read_namespaced_service("gone", namespace),
+                     lambda: cluster.get("trainingjobprogresses", "gone", namespace)):
             try:
-                read("gone" if read == cluster.core.read_namespaced_service else "gone-checkpoint", namespace)
+                read()
                 return False
             except ApiException:
                 pass
@@ -179,7 +180,7 @@ def test_deleting_a_running_job_leaves_nothing_behind(
         except ApiException:
             return True
 
-    wait_for(nothing_left, 20, what="no pod, Service, ConfigMap or job left")
+    wait_for(nothing_left, 20, what="no pod, Service, progress report or job left")
     wait_for(lambda: ((cluster.get("gpupools", fleet.pool).get("status") or {}).get("gpus") or {})
              .get("free") == 32, 10, what="all 32 GPUs free again")
 
@@ -215,7 +216,7 @@ def test_queue_and_pool_problems_are_explained(
     assert "no-such-queue" in cond["message"]
 
 
-def test_checkpoint_reports_only_through_the_jobs_own_configmap(
+def test_checkpoint_reports_only_through_the_jobs_own_progress(
     cluster: Cluster, operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:
     fleet = make_fleet(cluster, namespace, nodes=4, racks=1)
@@ -232,15 +233,15 @@ def test_checkpoint_reports_only_through_the_jobs_own_configmap(
     (sa_dir / "namespace").write_text(namespace)
     server = cluster.api.configuration.host
 
-    mine = Reporter(Settings(namespace=namespace, configmap="ckpt-checkpoint"), sa_dir, server)
+    mine = Reporter(Settings(namespace=namespace, progress="ckpt"), sa_dir, server)
     assert mine.report(1200, "/ckpt/step-00001200", time.time())
     ckpt = wait_for(lambda: (job(cluster, namespace, "ckpt").get("status") or {}).get("lastCheckpoint"),
                     10, what="lastCheckpoint mirrored")
     assert ckpt["step"] == 1200 and ckpt["path"] == "/ckpt/step-00001200"
-    # The same token cannot touch another job's map (Role with resourceNames).
-    theirs = Reporter(Settings(namespace=namespace, configmap="other-checkpoint"), sa_dir, server)
+    # The same token cannot touch another job's report (Role with resourceNames).
+    theirs = Reporter(Settings(namespace=namespace, progress="other"), sa_dir, server)
     assert not theirs.report(5, "/x", time.time())
-    assert cluster.core.read_namespaced_config_map("other-checkpoint", namespace).data in (None, {})
+    assert cluster.get("trainingjobprogresses", "other", namespace).get("spec") in (None, {})
 
 
 def test_a_sick_device_sends_full_node_jobs_elsewhere_but_smaller_ones_may_stay(

@@ -16,7 +16,7 @@ from tests.integration.conftest import Cluster, OperatorProcess, wait_for
 from tests.integration.jobkit import Fleet, condition, job, make_fleet, make_job, pods, wait_running
 from wanka.cluster.devenv import apply_manifests, render_chart
 from wanka.cluster.localcluster import kubeconfig_dict
-from wanka.cluster.manifests import checkpoint_configmap_name, service_account_name
+from wanka.cluster.manifests import checkpoint_role_name, progress_name, service_account_name
 from wanka.core import podpolicy
 
 pytestmark = pytest.mark.integration
@@ -197,10 +197,17 @@ def test_a_jobs_own_account_writes_only_its_progress_and_a_forged_report_is_igno
     running = wait_running(cluster, namespace, "mine")
     cluster.core.create_namespaced_config_map(namespace, {"metadata": {"name": "other-config"}, "data": {}})
     cluster.core.create_namespaced_secret(namespace, {"metadata": {"name": "s"}, "string_data": {"k": "v"}})
-    as_job = client.CoreV1Api(_token_api(cluster, namespace, service_account_name("mine")))
-    rbac = client.RbacAuthorizationV1Api(_token_api(cluster, namespace, service_account_name("mine")))
-    cm = checkpoint_configmap_name("mine")
-    role = "mine-checkpoint-writer"
+    job_api = _token_api(cluster, namespace, service_account_name("mine"))
+    as_job, rbac = client.CoreV1Api(job_api), client.RbacAuthorizationV1Api(job_api)
+    reports = client.CustomObjectsApi(job_api)
+    report, role = progress_name("mine"), checkpoint_role_name("mine")
+    # Another job's report in the same namespace (its owner is irrelevant to RBAC).
+    cluster.create("trainingjobprogresses", {"apiVersion": "wanka.io/v1alpha1", "kind": "TrainingJobProgress",
+                                             "metadata": {"name": "theirs"}, "spec": {}}, namespace)
+
+    def patch_report(name: str, spec: dict[str, Any]) -> Any:
+        return reports.patch_namespaced_custom_object("wanka.io", "v1alpha1", namespace, "trainingjobprogresses",
+                                                      name, {"spec": spec})
     # What the per-job Role and RoleBinding must never give: anything but its own progress.
     denied = {
         "another ConfigMap": lambda: as_job.patch_namespaced_config_map("other-config", namespace,
@@ -215,20 +222,25 @@ def test_a_jobs_own_account_writes_only_its_progress_and_a_forged_report_is_igno
             "metadata": {"name": "grab"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                                       "name": role},
             "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": namespace}]}),
-        "delete its progress": lambda: as_job.delete_namespaced_config_map(cm, namespace),
+        "delete its progress": lambda: reports.delete_namespaced_custom_object(
+            "wanka.io", "v1alpha1", namespace, "trainingjobprogresses", report),
+        "update another job's report": lambda: patch_report("theirs", {"step": 9}),
+        "create a report": lambda: reports.create_namespaced_custom_object(
+            "wanka.io", "v1alpha1", namespace, "trainingjobprogresses",
+            {"apiVersion": "wanka.io/v1alpha1", "kind": "TrainingJobProgress", "metadata": {"name": "new"}}),
+        "list reports": lambda: reports.list_namespaced_custom_object(
+            "wanka.io", "v1alpha1", namespace, "trainingjobprogresses"),
     }
     got = {what: _status(call) for what, call in denied.items()}
     assert got == dict.fromkeys(denied, 403)
 
     # A forged report: a checkpoint older than the attempt, to look costly to preempt.
     admitted = datetime.fromisoformat(running["status"]["admittedTime"].replace("Z", "+00:00")).timestamp()
-    forged = {"step": "5", "path": "/ckpt/step-5", "time": _stamp(admitted - 3600)}
-    as_job.patch_namespaced_config_map(cm, namespace, {"data": forged})
+    patch_report(report, {"step": 5, "path": "/ckpt/step-5", "time": _stamp(admitted - 3600)})
     wait_for(lambda: [e for e in cluster.events_for("mine", namespace) if e.reason == "BadCheckpointReport"
                       and "is before" in e.message], 20, what="BadCheckpointReport")
     assert job(cluster, namespace, "mine")["status"].get("lastCheckpoint") is None
-    honest = {"step": "6", "path": "/ckpt/step-6", "time": _stamp(admitted + 1)}
-    as_job.patch_namespaced_config_map(cm, namespace, {"data": honest})
+    patch_report(report, {"step": 6, "path": "/ckpt/step-6", "time": _stamp(admitted + 1)})
     wait_for(lambda: (job(cluster, namespace, "mine")["status"].get("lastCheckpoint") or {}).get("step") == 6,
              20, what="the honest report mirrored")
 
@@ -292,3 +304,61 @@ def test_an_agent_writes_only_its_own_nodes_health(cluster: Cluster) -> None:
         for node in (node_a, node_b):
             cluster.core.delete_node(node)
         cluster.core.delete_namespace(ns)
+
+
+def test_the_operators_account_cannot_write_a_tenants_configmaps(cluster: Cluster, namespace: str) -> None:
+    """The chart's ClusterRole holds no ConfigMap rule: the operator can neither write a tenant's
+    ConfigMaps nor mint a Role that would (RBAC refuses granting what the granter lacks)."""
+    release_ns = f"wanka-op-{uuid.uuid4().hex[:5]}"
+    cluster.core.create_namespace({"metadata": {"name": release_ns}})
+    release = f"op{uuid.uuid4().hex[:5]}"
+    docs = render_chart(release, release_ns, "--show-only", "templates/serviceaccount.yaml",
+                        "--show-only", "templates/clusterrole.yaml", "--show-only", "templates/mig-rbac.yaml")
+    apply_manifests(cluster.api, docs, release_ns)
+    account = next(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount")
+    cluster.core.create_namespaced_config_map(namespace, {"metadata": {"name": "app-config"}, "data": {"a": "b"}})
+    try:
+        op_api = _token_api(cluster, release_ns, account)
+        core, rbac = client.CoreV1Api(op_api), client.RbacAuthorizationV1Api(op_api)
+        reports = client.CustomObjectsApi(op_api)
+        granting = {"metadata": {"name": "cm-writer"}, "rules": [
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "update", "patch"]}]}
+        denied = {
+            "update a tenant's ConfigMap": lambda: core.patch_namespaced_config_map(
+                "app-config", namespace, {"data": {"a": "forged"}}),
+            "create a ConfigMap there": lambda: core.create_namespaced_config_map(
+                namespace, {"metadata": {"name": "planted"}}),
+            "delete it": lambda: core.delete_namespaced_config_map("app-config", namespace),
+            "read it": lambda: core.read_namespaced_config_map("app-config", namespace),
+            "read a Secret": lambda: core.list_namespaced_secret(namespace),
+            "mint a Role granting ConfigMap writes": lambda: rbac.create_namespaced_role(namespace, granting),
+            "the MIG ConfigMap's rights outside its namespace": lambda: core.patch_namespaced_config_map(
+                "wanka-mig-parted-config", namespace, {"data": {}}),
+        }
+        # Granted, for contrast: a per-job Role on Wanka's own report type, and the MIG
+        # manager's ConfigMap in the operator's namespace.
+        allowed = {
+            "a per-job report Role": lambda: rbac.create_namespaced_role(namespace, {
+                "metadata": {"name": "j-checkpoint-writer"}, "rules": [
+                    {"apiGroups": ["wanka.io"], "resources": ["trainingjobprogresses"], "resourceNames": ["j"],
+                     "verbs": ["get", "update", "patch"]}]}),
+            "a report": lambda: reports.create_namespaced_custom_object(
+                "wanka.io", "v1alpha1", namespace, "trainingjobprogresses",
+                {"apiVersion": "wanka.io/v1alpha1", "kind": "TrainingJobProgress", "metadata": {"name": "j"},
+                 "spec": {}}),
+            "the MIG ConfigMap": lambda: core.create_namespaced_config_map(
+                release_ns, {"metadata": {"name": "wanka-mig-parted-config"}, "data": {}}),
+            "a change to it": lambda: core.patch_namespaced_config_map(
+                "wanka-mig-parted-config", release_ns, {"data": {"config.yaml": "version: v1"}}),
+        }
+        got = {what: _status(call) for what, call in {**denied, **allowed}.items()}
+        assert got == {**dict.fromkeys(denied, 403), **dict.fromkeys(allowed, 200)}
+        assert cluster.core.read_namespaced_config_map("app-config", namespace).data == {"a": "b"}
+    finally:
+        rbac_admin = client.RbacAuthorizationV1Api(cluster.api)
+        for doc in docs:
+            if doc["kind"] == "ClusterRole":
+                rbac_admin.delete_cluster_role(doc["metadata"]["name"])
+            elif doc["kind"] == "ClusterRoleBinding":
+                rbac_admin.delete_cluster_role_binding(doc["metadata"]["name"])
+        cluster.core.delete_namespace(release_ns)

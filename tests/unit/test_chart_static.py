@@ -97,6 +97,7 @@ def test_defaults_render_the_expected_objects() -> None:
     assert kinds == sorted([
         ("ServiceAccount", "wanka"), ("ClusterRole", "wanka"), ("ClusterRoleBinding", "wanka"),
         ("Role", "wanka-leader-election"), ("RoleBinding", "wanka-leader-election"),
+        ("Role", "wanka-mig-config"), ("RoleBinding", "wanka-mig-config"),
         ("Deployment", "wanka"), ("Service", "wanka-metrics"), ("PodDisruptionBudget", "wanka"),
         ("ConfigMap", "wanka-dashboard"), ("Pod", "wanka-test-metrics"),
         ("ValidatingAdmissionPolicy", "wanka-pod-template"),
@@ -108,6 +109,18 @@ def test_defaults_render_the_expected_objects() -> None:
     assert {("DaemonSet", "wanka-agent"), ("ServiceMonitor", "wanka"),
             ("ClusterRole", "wanka-agent"), ("ServiceAccount", "wanka-agent"),
             ("ValidatingAdmissionPolicy", "wanka-agent-own-node")} <= on
+
+
+def test_the_operator_writes_configmaps_only_in_its_own_namespace() -> None:
+    docs = render()
+    cluster_rules = [r for d in docs if d["kind"] == "ClusterRole" for r in d["rules"]]
+    assert not [r for r in cluster_rules if {"configmaps", "secrets"} & set(r["resources"])]
+    for rule in cluster_rules:
+        assert not {"escalate", "bind", "impersonate", "*"} & set(rule["verbs"]), rule
+    mig = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "wanka-mig-config")
+    assert mig["metadata"]["namespace"] == "wanka-system"
+    assert [(r["verbs"], r.get("resourceNames")) for r in mig["rules"]] == [
+        (["get", "patch"], ["wanka-mig-parted-config"]), (["create"], None)]
 
 
 def test_every_object_carries_the_standard_labels() -> None:

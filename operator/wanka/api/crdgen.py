@@ -13,6 +13,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from wanka.api.common import CATEGORY, GROUP, VERSION, cel
 from wanka.api.gpupool import GPUPoolSpec, GPUPoolStatus
+from wanka.api.progress import TrainingJobProgressSpec
 from wanka.api.tenantqueue import TenantQueueSpec, TenantQueueStatus
 from wanka.api.trainingjob import MAX_JOB_NAME, TrainingJobSpec, TrainingJobStatus
 
@@ -32,7 +33,7 @@ class Resource:
     short_names: tuple[str, ...]
     scope: str
     spec: type[BaseModel]
-    status: type[BaseModel]
+    status: type[BaseModel] | None  # None: no status, no status subresource
     description: str
     columns: tuple[dict[str, Any], ...]
     root_rules: tuple[dict[str, str], ...] = field(default=())
@@ -117,6 +118,22 @@ RESOURCES: tuple[Resource, ...] = (
             _col("Weight", ".spec.weight", "number"),
             _col("Running", ".status.running", "integer"),
             _col("Pending", ".status.pending", "integer"),
+            AGE,
+        ),
+    ),
+    Resource(
+        kind="TrainingJobProgress",
+        plural="trainingjobprogresses",
+        short_names=("tjp",),
+        scope="Namespaced",
+        spec=TrainingJobProgressSpec,
+        status=None,
+        description="A TrainingJob's progress report, written by its workload: one per job, named and "
+        "owned by the job; only the job's ServiceAccount may update it.",
+        columns=(
+            _col("Step", ".spec.step", "integer"),
+            _col("Reported", ".spec.time", "date"),
+            _col("Path", ".spec.path", priority=1),
             AGE,
         ),
     ),
@@ -234,9 +251,10 @@ def crd(resource: Resource) -> dict[str, Any]:
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
             "spec": openapi_schema(resource.spec),
-            "status": openapi_schema(resource.status),
         },
     }
+    if resource.status is not None:
+        root["properties"]["status"] = openapi_schema(resource.status)
     if resource.root_rules:
         root["x-kubernetes-validations"] = list(resource.root_rules)
     return {
@@ -262,7 +280,7 @@ def crd(resource: Resource) -> dict[str, Any]:
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    **({"subresources": {"status": {}}} if resource.status is not None else {}),
                     "additionalPrinterColumns": list(resource.columns),
                     "schema": {"openAPIV3Schema": root},
                 }

@@ -120,7 +120,7 @@ class Store:
             return len(self.objects)
 
 
-KINDS = ("nodes", "pods", "gpupools", "trainingjobs", "tenantqueues", "configmaps", "namespaces")
+KINDS = ("nodes", "pods", "gpupools", "trainingjobs", "tenantqueues", "trainingjobprogresses", "namespaces")
 
 
 class _Lag:

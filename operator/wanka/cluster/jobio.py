@@ -71,8 +71,8 @@ class JobIO:
                 self.core.create_namespaced_service(ns, obj)
             elif kind == "ServiceAccount":
                 self.core.create_namespaced_service_account(ns, obj)
-            elif kind == "ConfigMap":
-                self.core.create_namespaced_config_map(ns, obj)
+            elif kind == "TrainingJobProgress":
+                self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobprogresses", obj)
             elif kind == "Role":
                 self.rbac.create_namespaced_role(ns, obj)
             elif kind == "RoleBinding":
@@ -135,12 +135,13 @@ class JobIO:
             raise
 
     def delete_owned(self, ns: str, job: str, names: Mapping[str, str]) -> None:
-        """Delete the Service, checkpoint objects and RBAC of a job (404 is fine)."""
+        """Delete the Service, progress report and RBAC of a job (404 is fine)."""
         check(self.fence, f"delete what {ns}/{job} owns")
         calls = {
             "Service": self.core.delete_namespaced_service,
             "ServiceAccount": self.core.delete_namespaced_service_account,
-            "ConfigMap": self.core.delete_namespaced_config_map,
+            "TrainingJobProgress": lambda name, ns: self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, ns, "trainingjobprogresses", name),
             "Role": self.rbac.delete_namespaced_role,
             "RoleBinding": self.rbac.delete_namespaced_role_binding,
         }

@@ -43,9 +43,10 @@ from wanka.cluster.jobio import FINALIZER, Conflict, JobIO
 from wanka.cluster.ledger import ledger_allocations, placement_of
 from wanka.cluster.manifests import (
     ATTEMPT_LABEL,
-    checkpoint_configmap_name,
     checkpoint_objects,
+    checkpoint_role_name,
     pod_manifest,
+    progress_name,
     service_account_name,
     service_manifest,
 )
@@ -161,10 +162,10 @@ def node_facts(node: Mapping[str, Any]) -> NodeFacts:
                      unhealthy=has_taint(node, UNHEALTHY_TAINT))
 
 
-def read_report(cm: Mapping[str, Any] | None) -> LastCheckpoint | None:
-    """The workload's checkpoint report from its ConfigMap; None when absent or unreadable."""
-    data = _dict((cm or {}).get("data"))
-    if not data.get("step"):
+def read_report(progress: Mapping[str, Any] | None) -> LastCheckpoint | None:
+    """The workload's checkpoint report from its TrainingJobProgress; None when absent or unreadable."""
+    data = _dict((progress or {}).get("spec"))
+    if data.get("step") is None:
         return None
     try:
         return LastCheckpoint(step=int(data["step"]), path=str(data.get("path", "")),
@@ -387,10 +388,10 @@ class JobReconciler:
         for delete in plan.delete:
             self._delete_pod(job, by_name.get(delete.name), delete)
         if plan.release_objects:
-            role = f"{job.name}-checkpoint-writer"
+            role = checkpoint_role_name(job.name)
             self.io.delete_owned(job.ns, job.name, {
                 "Service": job.name, "ServiceAccount": service_account_name(job.name),
-                "ConfigMap": checkpoint_configmap_name(job.name), "Role": role, "RoleBinding": role,
+                "TrainingJobProgress": progress_name(job.name), "Role": role, "RoleBinding": role,
             })
         if plan.finalizer == "remove":
             self.io.set_finalizers(job.ns, job.name, job.version, [f for f in finalizers if f != FINALIZER])
@@ -428,11 +429,11 @@ class JobReconciler:
         pools = self._pools()
         queues = self._queues()
         nodes = {n["metadata"]["name"]: n for n in self.cache.store("nodes").values()}
-        configmaps = self.cache.store("configmaps")
+        reports = self.cache.store("trainingjobprogresses")
         pending: dict[str, list[Job]] = {}
         for job in jobs:
             try:
-                report = read_report(configmaps.get(job.ns, checkpoint_configmap_name(job.name)))
+                report = read_report(reports.get(job.ns, progress_name(job.name)))
                 plan = lifecycle.step(job.facts(report), [pod_facts(p) for p in job.pods],
                                       self._nodes_of(job, nodes), now)
                 self._apply(job, plan, pools)

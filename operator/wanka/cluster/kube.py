@@ -94,7 +94,7 @@ def list_all(api: client.ApiClient, kind: str) -> list[dict[str, object]]:
     """Every object of one of the cache's kinds, as plain dicts (a full LIST)."""
     from wanka.api.common import GROUP, VERSION
 
-    if kind in ("gpupools", "trainingjobs", "tenantqueues"):
+    if kind in ("gpupools", "trainingjobs", "tenantqueues", "trainingjobprogresses"):
         custom = client.CustomObjectsApi(api)
         items = custom.list_cluster_custom_object(GROUP, VERSION, kind,
                                                   _request_timeout=LIST_TIMEOUT)["items"]
@@ -102,15 +102,13 @@ def list_all(api: client.ApiClient, kind: str) -> list[dict[str, object]]:
             item.setdefault("apiVersion", f"{GROUP}/{VERSION}")
         return list(items)
     core = client.CoreV1Api(api)
-    calls = {
-        "nodes": (core.list_node, {}, "Node"),
-        "pods": (core.list_pod_for_all_namespaces, {}, "Pod"),
-        "namespaces": (core.list_namespace, {}, "Namespace"),
-        "configmaps": (core.list_config_map_for_all_namespaces,
-                       {"label_selector": "wanka.io/job"}, "ConfigMap"),
+    calls: dict[str, tuple[Any, str]] = {
+        "nodes": (core.list_node, "Node"),
+        "pods": (core.list_pod_for_all_namespaces, "Pod"),
+        "namespaces": (core.list_namespace, "Namespace"),
     }
-    call, kwargs, kind_name = calls[kind]
-    raw = call(_preload_content=False, _request_timeout=LIST_TIMEOUT, **kwargs)
+    call, kind_name = calls[kind]
+    raw = call(_preload_content=False, _request_timeout=LIST_TIMEOUT)
     import json
 
     items = json.loads(raw.data)["items"]

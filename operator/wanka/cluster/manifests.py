@@ -1,4 +1,5 @@
-"""The Kubernetes objects Wanka creates for a TrainingJob: pods, headless Service, checkpoint RBAC."""
+"""The Kubernetes objects Wanka creates for a TrainingJob: pods, headless Service, progress report
+and its RBAC."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from wanka.api.common import API_VERSION, GROUP
 from wanka.api.trainingjob import TrainingJobSpec
 from wanka.cluster.translate import (
     DEVICES_ANNOTATION,
@@ -38,8 +40,13 @@ def pod_name(job: str, replica: int, attempt: int) -> str:
     return f"{job}-{replica}-a{attempt}"
 
 
-def checkpoint_configmap_name(job: str) -> str:
-    return f"{job}-checkpoint"
+def progress_name(job: str) -> str:
+    """The job's TrainingJobProgress has the job's own name."""
+    return job
+
+
+def checkpoint_role_name(job: str) -> str:
+    return f"{job}-checkpoint-writer"
 
 
 def service_account_name(job: str) -> str:
@@ -92,7 +99,7 @@ def pod_manifest(
         {"name": "WANKA_RESTART_COUNT", "value": str(attempt)},
         {"name": "WANKA_CHECKPOINT_DIR", "value": spec.checkpoint.path},
         {"name": "WANKA_RESUME", "value": "1" if resume and spec.checkpoint.resume == "Auto" else "0"},
-        {"name": "WANKA_CHECKPOINT_CONFIGMAP", "value": checkpoint_configmap_name(name)},
+        {"name": "WANKA_PROGRESS", "value": progress_name(name)},
         {"name": "WANKA_NAMESPACE", "value": ns},
     ]
     if shared:
@@ -149,19 +156,20 @@ def service_manifest(job: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def checkpoint_objects(job: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """ServiceAccount, ConfigMap, and a Role letting only that account update only that map."""
+    """ServiceAccount, TrainingJobProgress, and a Role letting only that account update only that
+    report: the operator can grant it because it holds update on its own resource type only."""
     name, ns = job["metadata"]["name"], job["metadata"]["namespace"]
     owner = [owner_reference(job)]
     labels = {**MANAGED_BY, JOB_LABEL: name}
-    sa, cm = service_account_name(name), checkpoint_configmap_name(name)
-    role = f"{name}-checkpoint-writer"
+    sa, report, role = service_account_name(name), progress_name(name), checkpoint_role_name(name)
     meta = {"namespace": ns, "labels": labels, "ownerReferences": owner}
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, **meta}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": cm, **meta}, "data": {}},
+        {"apiVersion": API_VERSION, "kind": "TrainingJobProgress", "metadata": {"name": report, **meta},
+         "spec": {}},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
          "metadata": {"name": role, **meta},
-         "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [cm],
+         "rules": [{"apiGroups": [GROUP], "resources": ["trainingjobprogresses"], "resourceNames": [report],
                     "verbs": ["get", "update", "patch"]}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
          "metadata": {"name": role, **meta},

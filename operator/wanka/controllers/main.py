@@ -71,9 +71,8 @@ kopf.on.event("", "v1", "pods")(_feed("pods"))
 kopf.on.event(GROUP, VERSION, "gpupools")(_feed("gpupools"))
 kopf.on.event(GROUP, VERSION, "trainingjobs")(_feed("trainingjobs"))
 kopf.on.event(GROUP, VERSION, "tenantqueues")(_feed("tenantqueues"))
+kopf.on.event(GROUP, VERSION, "trainingjobprogresses")(_feed("trainingjobprogresses"))
 kopf.on.event("", "v1", "namespaces")(_feed("namespaces"))
-# Only the per-job checkpoint maps, not every ConfigMap in the cluster.
-kopf.on.event("", "v1", "configmaps", labels={"wanka.io/job": kopf.PRESENT})(_feed("configmaps"))
 
 
 async def _loop(name: str, wake: asyncio.Event, step: Any, period: float | None = None) -> None:

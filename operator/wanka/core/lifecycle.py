@@ -122,7 +122,7 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     finalizer: Literal["add", "remove"] | None = None
     delete: list[Delete] = field(default_factory=list)
-    release_objects: bool = False  # delete the job's Service, ServiceAccount, RBAC, ConfigMap
+    release_objects: bool = False  # delete the job's Service, ServiceAccount, RBAC, progress report
     create: tuple[int, ...] = ()  # replicas of the current attempt to create
     bind: bool = False  # once every member exists, bind the unbound ones
     pending: bool = False  # wants a placement: offer it to the scheduling cycle

@@ -29,7 +29,7 @@ class Settings:
     restart_count: int = 0
     resume: bool = False
     checkpoint_dir: str = "/ckpt"
-    configmap: str = ""
+    progress: str = ""  # the job's TrainingJobProgress
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -42,13 +42,13 @@ class Settings:
             restart_count=int(e.get("WANKA_RESTART_COUNT", "0")),
             resume=e.get("WANKA_RESUME", "0") == "1",
             checkpoint_dir=e.get("WANKA_CHECKPOINT_DIR", "/ckpt"),
-            configmap=e.get("WANKA_CHECKPOINT_CONFIGMAP", ""),
+            progress=e.get("WANKA_PROGRESS", ""),
         )
 
 
 class Reporter:
-    """Writes the newest checkpoint into the job's ConfigMap, which the operator mirrors into
-    `status.lastCheckpoint`. Only rank 0 reports. Outside a cluster it does nothing."""
+    """Writes the newest checkpoint into the job's TrainingJobProgress, which the operator checks
+    and mirrors into `status.lastCheckpoint`. Only rank 0 reports. Outside a cluster it does nothing."""
 
     def __init__(self, settings: Settings, sa_dir: Path = SA_DIR,
                  server: str | None = None) -> None:
@@ -59,19 +59,19 @@ class Reporter:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.server and self.settings.configmap and self.settings.rank == 0
+        return bool(self.server and self.settings.progress and self.settings.rank == 0
                      and (self.sa_dir / "token").exists())
 
     def report(self, step: int, path: str, when: float) -> bool:
         """True when the report reached the API server; never raises (training goes on)."""
         if not self.enabled:
             return False
-        body = json.dumps({"data": {
-            "step": str(step), "path": path,
+        body = json.dumps({"spec": {
+            "step": step, "path": path,
             "time": datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }}).encode()
         ns = self.settings.namespace or (self.sa_dir / "namespace").read_text().strip()
-        url = f"{self.server}/api/v1/namespaces/{ns}/configmaps/{self.settings.configmap}"
+        url = f"{self.server}/apis/wanka.io/v1alpha1/namespaces/{ns}/trainingjobprogresses/{self.settings.progress}"
         req = urllib.request.Request(url, data=body, method="PATCH")
         req.add_header("Content-Type", "application/merge-patch+json")
         req.add_header("Authorization", f"Bearer {(self.sa_dir / 'token').read_text().strip()}")
