@@ -19,9 +19,9 @@ from wanka.cluster.mig import (
     CONFIG_LABEL,
     GEOMETRY_ANNOTATION,
     STATE_LABEL,
-    MigRepartitioner,
     config_name,
     read_geometry,
+    send_repartition,
 )
 from wanka.cluster.translate import build_pool_snapshot
 from wanka.core.constraints import Toleration
@@ -124,11 +124,11 @@ class Events:
         self.reasons.append(reason)
 
 
-def test_the_repartitioner_sends_a_change_and_plans_with_it_until_the_watch_shows_it() -> None:
-    io, events, mig = FakeIO(), Events(), MigRepartitioner()
+def test_a_repartition_is_sent_and_assumed_as_being_applied_until_the_watch_shows_the_node() -> None:
+    io, events = FakeIO(), Events()
     cached = node("n1")
     cached["metadata"]["resourceVersion"] = "5"
-    mig.send(io, events, "wanka", cached, NodeGeometry("n1", SEVEN, 8))
+    meant = send_repartition(io, events, "wanka", cached, NodeGeometry("n1", SEVEN, 8))
     (name, body), = io.patches
     assert name == "n1" and body["metadata"]["resourceVersion"] == "5"
     assert body["metadata"]["labels"][CONFIG_LABEL] == config_name(SEVEN)
@@ -136,16 +136,18 @@ def test_the_repartitioner_sends_a_change_and_plans_with_it_until_the_watch_show
     assert entries == [{"devices": [1, 2, 3, 4, 5, 6, 7], "mig-enabled": False},
                        {"devices": [0], "mig-enabled": True, "mig-devices": {"1g.10gb": 7}}]
     assert events.reasons == ["MIGRepartition"]
+    assert cached["metadata"]["labels"].get(CONFIG_LABEL) is None, "the watched node is not mutated"
 
-    # The watch still shows version 5: the pass plans as if the change were being applied.
-    view = build_pool_snapshot(SPEC, [cached], [])
-    mig.settle(view.snapshot, lambda n: cached)
+    # Assumed in the cache: the pass plans as if the change were being applied.
+    cache = FleetCache()
+    cache.observe("nodes", "ADDED", cached)
+    cache.store("nodes").assume(meant, upto=6)
+    view = build_pool_snapshot(SPEC, cache.store("nodes").values(), [])
     dev = view.snapshot.node("n1").devices[0]
     assert dev.mig == {s: "1g.10gb" for s in range(7)} and dev.mig_settling
     # The watch brings the node back changed: the node itself says what it is from now on.
-    cached["metadata"]["resourceVersion"] = "6"
-    view = build_pool_snapshot(SPEC, [cached], [])
-    mig.settle(view.snapshot, lambda n: cached)
+    cache.observe("nodes", "MODIFIED", {**cached, "metadata": {**cached["metadata"], "resourceVersion": "6"}})
+    view = build_pool_snapshot(SPEC, cache.store("nodes").values(), [])
     assert view.snapshot.node("n1").devices[0].mig == {}
 
 

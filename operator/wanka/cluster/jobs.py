@@ -51,8 +51,8 @@ from wanka.cluster.manifests import (
     service_manifest,
 )
 from wanka.cluster.mig import INSTANCE_ANNOTATION as MIG_INSTANCE_ANNOTATION
-from wanka.cluster.mig import MigRepartitioner
 from wanka.cluster.mig import resource_for as mig_resource
+from wanka.cluster.mig import send_repartition
 from wanka.cluster.pools import parse_spec
 from wanka.cluster.template import template_constraints
 from wanka.cluster.translate import (
@@ -323,7 +323,6 @@ class JobReconciler:
     clock: Callable[[], float] = time.time
     status_writer: Any = None  # StatusWriter for TenantQueue status
     mig_namespace: str = "default"  # where the mig-parted ConfigMap lives
-    _mig: MigRepartitioner = field(default_factory=MigRepartitioner)
 
     # --- reading the cache ---------------------------------------------------------------
     def _jobs(self) -> list[Job]:
@@ -628,8 +627,6 @@ class JobReconciler:
         # A node several pools select is in none of them: the same rule as pool status.
         view = build_pool_snapshot(pool, node_objs, self.cache.store("pods").values(), ledger,
                                    pool_membership(self._pools(), node_objs).nodes_of(pool_name))
-        if pool.sharing.mode == "MIG":
-            self._mig.settle(view.snapshot, lambda name: self.cache.store("nodes").get("", name))
         running = []
         for j in active:
             try:
@@ -708,7 +705,9 @@ class JobReconciler:
         for change in plan.changes:
             node = self.cache.store("nodes").get("", change.node) or {}
             try:
-                self._mig.send(self.io, self.events, self.mig_namespace, node, change)
+                meant = send_repartition(self.io, self.events, self.mig_namespace, node, change)
+                # Being applied until the watch shows the node again: never planned twice.
+                self.cache.store("nodes").assume(meant, upto=version_of(node) + 1)
             except Conflict as exc:
                 log.info("MIG change on %s deferred: %s", change.node, exc)
         return tuple(

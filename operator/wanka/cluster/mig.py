@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import yaml
 
 from wanka.core.mig import Geometry, MigInstance, NodeGeometry
-from wanka.core.snapshot import Device, DeviceShare, Snapshot
+from wanka.core.snapshot import Device, DeviceShare
 from wanka.units import MAX_DEVICES_PER_NODE, mig_share_milli
 
 GEOMETRY_ANNOTATION = "wanka.io/mig-geometry"
@@ -184,46 +184,32 @@ class Recorder(Protocol):
     def record(self, obj: Mapping[str, Any], type_: Any, reason: str, message: str) -> None: ...
 
 
-@dataclass
-class MigRepartitioner:
-    """Sends the core planner's geometries to the MIG manager, and shows a change it sent as
-    settling until the watch brings the node back changed (so nothing is planned twice)."""
+def send_repartition(io: ConfigIO, events: Recorder, namespace: str, node: Mapping[str, Any],
+                     change: NodeGeometry) -> dict[str, Any]:
+    """Render the config into the mig-parted ConfigMap, then point the node at it.
 
-    # node -> (resourceVersion the change was sent against, the geometry sent)
-    _sent: dict[str, tuple[str | None, dict[int, Geometry]]] = field(default_factory=dict)
-
-    def settle(self, snapshot: Snapshot, cached: Callable[[str], Mapping[str, Any] | None]) -> None:
-        """Mark in `snapshot` the changes sent whose node the watch has not shown changed yet
-        (`cached`: a node's object as the watch has it)."""
-        for name, (version, geometry) in list(self._sent.items()):
-            node = cached(name)
-            if node is None or (node.get("metadata") or {}).get("resourceVersion") != version:
-                del self._sent[name]  # the watch caught up: the node itself says what it is
-            elif name in snapshot.nodes:
-                MigLayout(len(snapshot.nodes[name].devices), geometry, True).carve(
-                    [d for d in snapshot.nodes[name].devices if not d.mig_held]
-                )
-                for dev in snapshot.nodes[name].devices:
-                    dev.mig_settling = True
-
-    def send(self, io: ConfigIO, events: Recorder, namespace: str, node: Mapping[str, Any],
-             change: NodeGeometry) -> None:
-        """Render the config into the mig-parted ConfigMap, then point the node at it."""
-        geometry = dict(change.geometry)
-        name = config_name(geometry)
-        cm = io.read_configmap(namespace, CONFIGMAP_NAME)
-        current = ((cm or {}).get("data") or {}).get(CONFIGMAP_KEY)
-        text = merge_configmap(current, name, render_config(geometry, change.devices))
-        io.put_configmap(namespace, CONFIGMAP_NAME, {CONFIGMAP_KEY: text})
-        version = (node.get("metadata") or {}).get("resourceVersion")
-        io.patch_node(change.node, {"metadata": {
-            "resourceVersion": version,
-            "labels": {CONFIG_LABEL: name},
-            "annotations": {GEOMETRY_ANNOTATION: encode_geometry(geometry)},
-        }})
-        self._sent[change.node] = (version, geometry)
-        events.record({**node, "apiVersion": "v1", "kind": "Node"}, "Normal", "MIGRepartition",
-                      f"MIG config {name}: " + "; ".join(
-                          f"GPU {d}: {'+'.join(i.profile for i in g)}" for d, g in sorted(geometry.items()) if g))
+    Returns the node as it is now meant to look (our config named, its state pending): the
+    caller assumes it in the cache until the watch shows the node again, so the change counts
+    as being applied and nothing is planned twice."""
+    geometry = dict(change.geometry)
+    name = config_name(geometry)
+    cm = io.read_configmap(namespace, CONFIGMAP_NAME)
+    current = ((cm or {}).get("data") or {}).get(CONFIGMAP_KEY)
+    text = merge_configmap(current, name, render_config(geometry, change.devices))
+    io.put_configmap(namespace, CONFIGMAP_NAME, {CONFIGMAP_KEY: text})
+    meta = node.get("metadata") or {}
+    io.patch_node(change.node, {"metadata": {
+        "resourceVersion": meta.get("resourceVersion"),
+        "labels": {CONFIG_LABEL: name},
+        "annotations": {GEOMETRY_ANNOTATION: encode_geometry(geometry)},
+    }})
+    events.record({**node, "apiVersion": "v1", "kind": "Node"}, "Normal", "MIGRepartition",
+                  f"MIG config {name}: " + "; ".join(
+                      f"GPU {d}: {'+'.join(i.profile for i in g)}" for d, g in sorted(geometry.items()) if g))
+    return {**node, "metadata": {
+        **meta,
+        "labels": {**(meta.get("labels") or {}), CONFIG_LABEL: name, STATE_LABEL: "pending"},
+        "annotations": {**(meta.get("annotations") or {}), GEOMETRY_ANNOTATION: encode_geometry(geometry)},
+    }}
 
 

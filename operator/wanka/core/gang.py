@@ -385,7 +385,7 @@ def _allocate(
             free = [
                 d.index
                 for d in node.devices
-                if d.healthy and d.idle and not d.mig and d.index not in bad
+                if d.healthy and d.used_milli == 0 and d.shares == 0 and not d.mig and d.index not in bad
             ]
             for r in range(count):
                 picks = free[r * g : (r + 1) * g]

@@ -206,9 +206,10 @@ class Snapshot:
                 return f"device {share.index} on {node.name} is invalid or repeated"
             seen.add(share.index)
             dev = node.devices[share.index]
-            mig = _check_mig(node.name, dev, share)
-            if mig is not None:
-                return mig
+            if share.mig_start is not None or dev.mig:  # (a plain device skips the MIG rules: hot path)
+                mig = _check_mig(node.name, dev, share)
+                if mig is not None:
+                    return mig
             if not 0 < share.milli <= WHOLE or share.milli > dev.free_milli:
                 return f"device {share.index} on {node.name} has {dev.free_milli}m free, needs {share.milli}m"
             if share.memory_mib and dev.memory_mib and share.memory_mib > dev.free_memory_mib:
