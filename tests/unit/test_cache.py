@@ -116,3 +116,12 @@ def test_a_change_assumed_after_the_object_was_deleted_leaves_no_phantom() -> No
     cache.observe("pods", "DELETED", pod)
     pods.assume({**pod, "metadata": {**pod["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}, upto=4)
     assert pods.get("ns", "p") is None and pods.values() == []
+
+
+def test_a_new_term_forgets_every_assumption() -> None:
+    cache = FleetCache()
+    pod = {"metadata": {"name": "p", "namespace": "ns", "resourceVersion": "3"}}
+    cache.observe("pods", "ADDED", pod)
+    cache.store("pods").assume({**pod, "status": {"phase": "Mine"}}, upto=4)
+    cache.forget()
+    assert cache.store("pods").get("ns", "p") == pod

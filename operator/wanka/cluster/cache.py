@@ -178,6 +178,12 @@ class FleetCache:
             self.stores[kind].upsert(body)
         self.wake()
 
+    def forget(self) -> None:
+        """Drop every assumption (a new leadership term: another replica may have acted)."""
+        for store in self.stores.values():
+            with store.lock:
+                store.assumed.clear()
+
     def replace(self, kind: str, bodies: list[dict[str, Any]]) -> None:
         """Replace a whole store with a fresh LIST (start-up and periodic resync)."""
         self.stores[kind].replace(bodies)

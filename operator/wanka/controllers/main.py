@@ -155,6 +155,7 @@ async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
             # A new term: nothing remembered from an earlier one (what was written, assumed,
             # announced) may hold now that another replica has acted in between.
             term, last_sync = RUNTIME.term(), 0.0
+            RUNTIME.cache.forget()
             health, jobs, pools = reconcilers()
         try:
             # A full LIST first and then every few minutes: the reservation ledger (admitted
