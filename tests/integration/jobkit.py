@@ -38,8 +38,11 @@ def make_fleet(
                                     "metadata": {"name": queue},
                                     "spec": {"namespaces": [namespace],
                                              "quotas": [{"pool": pool, "gpus": quota}]}})
+    # A fresh operator's first pass covers every node, pool and job the earlier tests left (the
+    # session's cluster keeps them): on 2 busy cores that took over 15 s twice in eight suites.
+    # Passes that handle only what changed are issue 11; until then this wait allows for it.
     wait_for(lambda: ((cluster.get("gpupools", pool).get("status") or {}).get("gpus") or {})
-             .get("total") == nodes * gpus, 15, what="pool sees its nodes")
+             .get("total") == nodes * gpus, 40, what="pool sees its nodes")
     return Fleet(pool, queue, names)
 
 

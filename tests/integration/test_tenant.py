@@ -139,8 +139,14 @@ def test_the_admission_policy_refuses_at_apply_with_the_operators_message(
     cluster.custom.patch_cluster_custom_object("wanka.io", "v1alpha1", "tenantqueues", fleet.queue,
                                                {"spec": {"maxPriority": 10}})
     first = _job_body(fleet, "probe", BAD_TEMPLATES[0][1])
-    # The API server picks policies and their parameters up asynchronously.
+    # The API server picks policies and their parameters (the queue, the pool) up
+    # asynchronously: wait until it enforces each parameter this test just changed.
     wait_for(lambda: _create_error(cluster, namespace, first), 30, what="the policy in force")
+    wait_for(lambda: "maxPriority 10" in _create_error(cluster, namespace, _job_body(fleet, "greedy", {}, priority=11)),
+             30, what="the policy sees the queue's maxPriority")
+    hostpath = dict(BAD_TEMPLATES)["hostpath"]
+    wait_for(lambda: _create_error(cluster, namespace, _job_body(relaxed, "trusted", hostpath)) == "", 30,
+             what="the policy sees the pool's relaxed rule")
     cases = [*BAD_TEMPLATES,
              ("caps", {"container": {"securityContext": {"capabilities": {"add": ["CHOWN", "SYS_ADMIN"]}}}}),
              ("hostnet", {"spec": {"hostNetwork": True}}), ("node", {"spec": {"nodeName": fleet.nodes[0]}}),
@@ -154,7 +160,6 @@ def test_the_admission_policy_refuses_at_apply_with_the_operators_message(
     assert "maxPriority 10" in _create_error(cluster, namespace, _job_body(fleet, "greedy", {}, priority=11))
     assert _create_error(cluster, namespace, _job_body(fleet, "modest", {}, priority=10)) == ""
     # A pool relaxes only what it names.
-    hostpath = dict(BAD_TEMPLATES)["hostpath"]
     assert _create_error(cluster, namespace, _job_body(relaxed, "trusted", hostpath)) == ""
     assert "rule Privileged" in _create_error(cluster, namespace, _job_body(relaxed, "x", BAD_TEMPLATES[0][1]))
     # An existing job's spec may not be changed into a refused one either.
