@@ -2,7 +2,19 @@
 # Builds the local control plane (kube-apiserver, kube-controller-manager, etcd, kwok) from Go
 # modules into a cache outside the repo, keyed by the pinned versions; reuses it when present.
 # Prints the directory holding the binaries on its last line.
+#
+#   hack/build-binaries.sh               the control plane the tests and the demo need
+#   hack/build-binaries.sh --scheduler   also kube-scheduler of the same release (only
+#                                        bench/bench_scale.py uses it, as the peer to beat)
 set -euo pipefail
+
+WITH_SCHEDULER=0
+for arg in "$@"; do
+  case "$arg" in
+    --scheduler) WITH_SCHEDULER=1 ;;
+    *) echo "usage: $0 [--scheduler]" >&2; exit 2 ;;
+  esac
+done
 
 KUBE_VERSION="${KUBE_VERSION:-v1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
@@ -40,6 +52,8 @@ wait_for_pid() {
   ! kill -0 "$pid" 2>/dev/null
 }
 
+[ "$WITH_SCHEDULER" = 1 ] && BINARIES+=(kube-scheduler)
+
 have_all() {
   local b
   for b in "${BINARIES[@]}"; do [ -x "$OUT/$b" ] || return 1; done
@@ -75,8 +89,11 @@ build_kwok() {
 }
 
 build_kube() {
-  [ -x "$OUT/kube-apiserver" ] && [ -x "$OUT/kube-controller-manager" ] && return 0
-  log "building kube-apiserver and kube-controller-manager $KUBE_VERSION"
+  local cmds=(kube-apiserver kube-controller-manager) c missing=()
+  [ "$WITH_SCHEDULER" = 1 ] && cmds+=(kube-scheduler)
+  for c in "${cmds[@]}"; do [ -x "$OUT/$c" ] || missing+=("$c"); done
+  [ "${#missing[@]}" = 0 ] && return 0
+  log "building ${missing[*]} $KUBE_VERSION"
   local staging="v0${KUBE_VERSION#v1}"   # v1.34.4 -> v0.34.4
   mkdir -p "$WORK/kube" && cd "$WORK/kube"
   local upstream
@@ -92,7 +109,12 @@ build_kube() {
       while read -r mod; do echo "replace $mod => $mod $staging"; done
   } > go.mod
   log "$(grep -c '^replace' go.mod) staging modules replaced with $staging"
-  step "kube: download modules" go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@${KUBE_VERSION}" "k8s.io/kubernetes/cmd/kube-controller-manager@${KUBE_VERSION}"
+  local pkgs=() tools=()
+  for c in "${missing[@]}"; do
+    pkgs+=("k8s.io/kubernetes/cmd/$c")
+    tools+=("k8s.io/kubernetes/cmd/$c@${KUBE_VERSION}")
+  done
+  step "kube: download modules" go get -tool "${tools[@]}"
   step "kube: go mod tidy" go mod tidy
   local minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
   local ldflags=""
@@ -101,8 +123,8 @@ build_kube() {
     ldflags+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=1970-01-01T00:00:00Z"
   done
   step "kube: compile (the longest step, often 10+ minutes)" go build -trimpath -ldflags "-s -w${ldflags}" -o "$WORK/kubeout/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
-  mv "$WORK/kubeout/kube-apiserver" "$WORK/kubeout/kube-controller-manager" "$OUT/"
+    "${pkgs[@]}"
+  for c in "${missing[@]}"; do mv "$WORK/kubeout/$c" "$OUT/"; done
 }
 
 log "building into $OUT (one time; later runs reuse it)"
