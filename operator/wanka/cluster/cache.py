@@ -27,6 +27,25 @@ ASSUME_SECONDS = 30.0
 WATCH_LAG_ENV = "WANKA_FAILPOINT_WATCH_LAG_SECONDS"
 
 
+# Never read by the operator, and the bulk of many objects: dropped before anything is cached.
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def lean(body: Mapping[str, Any]) -> dict[str, Any]:
+    """`body` without what nothing here reads: managedFields (often half of an object) and
+    kubectl's last-applied copy of the whole object. The body itself is left as it is."""
+    meta = body.get("metadata")
+    if not isinstance(meta, Mapping):
+        return dict(body)
+    notes = meta.get("annotations")
+    if "managedFields" not in meta and not (isinstance(notes, Mapping) and LAST_APPLIED in notes):
+        return dict(body)
+    slim = {k: v for k, v in meta.items() if k != "managedFields"}
+    if isinstance(notes, Mapping) and LAST_APPLIED in notes:
+        slim["annotations"] = {k: v for k, v in notes.items() if k != LAST_APPLIED}
+    return {**body, "metadata": slim}
+
+
 def key_of(body: Mapping[str, Any]) -> Key:
     meta = body.get("metadata") or {}
     return (meta.get("namespace") or "", meta.get("name") or "")
@@ -56,13 +75,17 @@ class Store:
     lock: threading.RLock = field(default_factory=threading.RLock)
     assumed: dict[Key, _Assumed] = field(default_factory=dict)
     clock: Callable[[], float] = time.monotonic
+    # Counts every change (watched or assumed): a loop that saw the same count saw the same store.
+    changes: int = 0
 
     def upsert(self, body: Mapping[str, Any]) -> None:
         with self.lock:
             self.objects[key_of(body)] = dict(body)
+            self.changes += 1
 
     def delete(self, body: Mapping[str, Any]) -> None:
         with self.lock:
+            self.changes += 1
             key = key_of(body)
             self.objects.pop(key, None)
             self.assumed.pop(key, None)
@@ -100,12 +123,14 @@ class Store:
         """Read `body` in place of the watched object until the watch shows version `upto`
         (default: `body`'s own version) or newer, or `seconds` pass. `created`: we created it."""
         with self.lock:
+            self.changes += 1
             self.assumed[key_of(body)] = _Assumed(dict(body), version(body) if upto is None else upto,
                                                   self.clock() + seconds, created)
 
     def replace(self, bodies: list[dict[str, Any]]) -> None:
         """Take a full LIST, but keep any object a watch event brought in newer than it."""
         with self.lock:
+            self.changes += 1
             fresh = {key_of(b): b for b in bodies}
             for key, current in self.objects.items():
                 listed = fresh.get(key)
@@ -164,6 +189,10 @@ class FleetCache:
     def store(self, kind: str) -> Store:
         return self.stores[kind]
 
+    def changes(self, *kinds: str) -> tuple[int, ...]:
+        """Change counts of these stores: equal counts, equal contents (assumptions included)."""
+        return tuple(self.stores[k].changes for k in kinds)
+
     def observe(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
         """Apply one watch event (kopf passes type None for the initial listing)."""
         if self._lag is not None:
@@ -175,7 +204,7 @@ class FleetCache:
         if event_type == "DELETED":
             self.stores[kind].delete(body)
         else:
-            self.stores[kind].upsert(body)
+            self.stores[kind].upsert(lean(body))
         self.wake()
 
     def forget(self) -> None:
@@ -183,10 +212,11 @@ class FleetCache:
         for store in self.stores.values():
             with store.lock:
                 store.assumed.clear()
+                store.changes += 1
 
     def replace(self, kind: str, bodies: list[dict[str, Any]]) -> None:
         """Replace a whole store with a fresh LIST (start-up and periodic resync)."""
-        self.stores[kind].replace(bodies)
+        self.stores[kind].replace([lean(b) for b in bodies])
         self.wake()
 
     def subscribe(self) -> asyncio.Event:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +31,8 @@ from wanka.core.fragmentation import Shape, snapshot_stranded
 from wanka.core.health import PoolCondition
 from wanka.core.snapshot import WHOLE, Allocation
 from wanka.metrics import RECONCILE_ERRORS
+
+RESYNC_SECONDS = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +171,16 @@ class PoolReconciler:
     _shapes: dict[tuple[str, int, str], Shape | None] = field(default_factory=dict)
     # Each job's ledger entries, read again only when the job changes: uid -> (version, entries).
     _ledger: dict[str, tuple[str, list[Allocation]]] = field(default_factory=dict)
+    _token: Any = None
+    _resync_at: float = 0.0
 
     def reconcile_all(self) -> None:
+        # Pool status is a function of nodes, pods, jobs, pools and the health guard: when none
+        # of them changed, neither did it (a resync every RESYNC_SECONDS all the same).
+        token = (self.cache.changes("nodes", "pods", "trainingjobs", "gpupools"), repr(sorted(self.guard.items())))
+        if token == self._token and time.monotonic() < self._resync_at:
+            return
+        self._token, self._resync_at = token, time.monotonic() + RESYNC_SECONDS
         nodes = self.cache.store("nodes").values()
         pods = self.cache.store("pods").values()
         ledger = self._ledger_by_pool()
