@@ -34,6 +34,9 @@ SIGNAL_TO_TAINT = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
 BINDS = Counter("wanka_binds_total", "Pod bindings through pods/binding, by result", ["result"])
+EVENTS_DROPPED = Counter(
+    "wanka_events_dropped_total", "Events not posted because the send queue was full (they are best effort)"
+)
 GANG_RESTARTS = Counter(
     "wanka_gang_restarts_total", "Whole-gang restarts, by pool and reason", ["pool", "reason"]
 )

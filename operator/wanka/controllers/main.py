@@ -125,8 +125,10 @@ async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Every write asks the fence first: a replica that lost the lease mid-pass sends nothing more.
     fence = RUNTIME.is_leader if RUNTIME.lease is not None else None
 
+    # One recorder for the process (its sender threads and repeat memory outlive terms).
+    events = EventRecorder(api, fence=fence)
+
     def reconcilers() -> tuple[HealthReconciler, JobReconciler, PoolReconciler]:
-        events = EventRecorder(api, fence=fence)
         health = HealthReconciler(RUNTIME.cache, ApiNodePatcher(api, fence), events)
         pools = PoolReconciler(
             RUNTIME.cache,
