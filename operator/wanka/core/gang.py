@@ -20,9 +20,10 @@ same topology choice and the same packing key (free GPU on the node's usable dev
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from wanka.core.constraints import selects, untolerated
 from wanka.core.requests import GangRequest
@@ -144,125 +145,238 @@ class _Skips:
         return "nodes skipped: " + ", ".join(parts) if parts else "no nodes in the pool"
 
 
-def _candidates(snapshot: Snapshot, req: GangRequest) -> tuple[list[_Cand], _Skips]:
-    """One pass over the fleet: how many replicas fit on each eligible node.
+class _Ctx:
+    """What one request asks of a node, read once per request (the node loop is hot)."""
 
-    This is the only per-node loop of a decision, so it avoids helper calls on purpose.
-    """
+    __slots__ = ("cpu", "depth", "ex_devs", "ex_nodes", "g", "mem", "mig", "models", "off", "share",
+                 "share_mem", "tolerations")
+
+    def __init__(self, snapshot: Snapshot, req: GangRequest) -> None:
+        self.models = req.models
+        self.ex_devs: dict[str, set[int]] = {}
+        for node_name, idx in req.excluded_devices:
+            self.ex_devs.setdefault(node_name, set()).add(idx)
+        self.g = req.whole_gpus
+        self.share = req.share_milli
+        self.share_mem = req.share_memory_mib
+        self.mig = req.mig_profile
+        self.cpu = req.cpu_milli
+        self.mem = req.memory_mib
+        self.depth = len(snapshot.levels)
+        self.tolerations = req.tolerations
+        # Nodes the request's labels rule out join the excluded ones: one set test per node.
+        self.off: frozenset[str] = frozenset()
+        if req.selective:
+            self.off = frozenset(
+                n.name
+                for n in snapshot.nodes.values()
+                if not selects(req.node_selector, req.affinity, n.name, n.labels)
+            )
+        self.ex_nodes = req.excluded_nodes | self.off
+
+
+def _one(node: Node, c: _Ctx) -> _Cand | str:
+    """How many replicas fit on `node`, or which `_Skips` field it counts under."""
+    if not node.schedulable:
+        return "unschedulable"
+    if node.name in c.ex_nodes:
+        return "affinity" if node.name in c.off else "excluded"
+    if node.taints and untolerated(c.tolerations, node.taints) is not None:
+        return "taint"
+    devices = node.devices
+    g = c.g
+    share = c.share
+    if (g or share) and c.models and (not devices or devices[0].model not in c.models):
+        return "model"
+    if len(devices) < g:
+        return "gpu"
+    k = 1 << 30
+    if c.cpu:
+        k = (node.cpu_milli - node.used_cpu_milli) // c.cpu
+    if c.mem:
+        m = (node.memory_mib - node.used_memory_mib) // c.mem
+        if m < k:
+            k = m
+    if k <= 0:
+        return "cpu_memory"
+    bad = c.ex_devs.get(node.name)
+    if g:
+        idle_all = 0
+        idle_ok = 0
+        for d in devices:
+            if d.used_milli == 0 and d.shares == 0 and d.healthy and not d.mig:
+                idle_all += 1
+                if bad is None or d.index not in bad:
+                    idle_ok += 1
+        free = idle_all - node.opaque_gpus
+        if idle_ok < free:
+            free = idle_ok
+        if free // g < k:
+            k = free // g
+        pack = free
+    elif c.mig:
+        fits = 0
+        pack = 0
+        for d in devices:
+            if d.healthy and (bad is None or d.index not in bad):
+                fits += len(d.free_instances(c.mig))
+                pack += WHOLE - d.used_milli
+        if fits < k:
+            k = fits
+    elif share:
+        share_mem = c.share_mem
+        idle_spare = -node.opaque_gpus
+        fits = 0
+        idle_fits = -1
+        pack = 0
+        for d in devices:
+            if not d.healthy or d.mig or (bad is not None and d.index in bad):
+                continue
+            n = (WHOLE - d.used_milli) // share
+            if share_mem and d.memory_mib:
+                n = min(n, (d.memory_mib - d.used_memory_mib) // share_mem)
+            if d.used_milli == 0 and d.shares == 0:
+                idle_spare += 1
+                # which idle devices opaque pods hold is unknown: count the smallest
+                idle_fits = n if idle_fits < 0 else min(idle_fits, n)
+                pack += WHOLE
+                continue
+            fits += n
+            pack += WHOLE - d.used_milli
+        # idle devices behind opaque pods are not ours to slice
+        if idle_spare > 0 and idle_fits > 0:
+            fits += idle_spare * idle_fits
+        k = min(k, fits)
+    else:
+        pack = node.cpu_milli - node.used_cpu_milli
+    if k <= 0:
+        return "gpu"
+    path = node.topology
+    depth = c.depth
+    if len(path) != depth or not all(path):
+        # a node without a label at a level is a domain of its own, never lumped
+        path = tuple(path[i] if i < len(path) and path[i] else "\0" + node.name for i in range(depth))
+    return (k, pack, node.name, path, node)
+
+
+class CandidateCache:
+    """Candidates of the request shapes one scheduling cycle has seen, kept current.
+
+    A cycle places gang after gang on one snapshot; most of a burst asks the same shape
+    (a sweep of one-GPU jobs), and each placement changes a node or two. So each shape's
+    per-node verdicts are kept, and only nodes an `apply` or `release` touched since are
+    read again: a decision costs the nodes that changed, not the whole fleet. The snapshot
+    reports its changes here (`touch`) while the cache is attached to it; nothing else in
+    a node may change meanwhile (a cycle only applies and releases)."""
+
+    LIMIT = 64  # shapes kept; the least recently used goes
+
+    def __init__(self) -> None:
+        self._shapes: dict[Any, tuple[dict[str, _Cand | str], set[str], dict[str, int]]] = {}
+        # Per shape, a best-fit heap of (packing key, node) over its candidates; stale entries
+        # are dropped as they surface (a node's current verdict is the truth).
+        self._heaps: dict[Any, list[tuple[int, str]]] = {}
+
+    def touch(self, node: str) -> None:
+        for _, dirty, _ in self._shapes.values():
+            dirty.add(node)
+
+    def best_one(self, snapshot: Snapshot, req: GangRequest) -> _Cand | None:
+        """The node a one-member gang goes to (least free that fits, then by name, as
+        `_choose` picks it), without reading every candidate; None when none fits."""
+        key = self._key(req)
+        if key is None:
+            return None
+        self.candidates(snapshot, req, want_list=False)
+        verdicts = self._shapes[key][0]
+        heap = self._heaps.get(key)
+        if heap is None or len(heap) > 4 * len(verdicts) + 64:
+            heap = self._heaps[key] = [(v[1], v[2]) for v in verdicts.values() if not isinstance(v, str)]
+            heapq.heapify(heap)
+        while heap:
+            pack, name = heap[0]
+            v = verdicts.get(name)
+            if v is not None and not isinstance(v, str) and v[1] == pack and v[0] >= 1:
+                return v
+            heapq.heappop(heap)
+        return None
+
+    @staticmethod
+    def _key(req: GangRequest) -> Any:
+        key = (req.models, req.excluded_nodes, req.excluded_devices, req.whole_gpus, req.share_milli,
+               req.share_memory_mib, req.mig_profile, req.cpu_milli, req.memory_mib, req.tolerations,
+               req.node_selector, req.affinity)
+        try:
+            hash(key)
+        except TypeError:  # an unhashable constraint: no caching, same answer
+            return None
+        return key
+
+    def candidates(self, snapshot: Snapshot, req: GangRequest,
+                   want_list: bool = True) -> tuple[list[_Cand], _Skips]:
+        key = self._key(req)
+        if key is None:
+            return _scan(snapshot, req)
+        try:
+            entry = self._shapes.pop(key, None)
+        except TypeError:
+            return _scan(snapshot, req)
+        ctx = None
+        if entry is None:
+            ctx = _Ctx(snapshot, req)
+            verdicts = {name: _one(node, ctx) for name, node in snapshot.nodes.items()}
+            counts: dict[str, int] = {}
+            for v in verdicts.values():
+                if isinstance(v, str):
+                    counts[v] = counts.get(v, 0) + 1
+            entry = (verdicts, set(), counts)
+        verdicts, dirty, counts = entry
+        if dirty:
+            ctx = ctx or _Ctx(snapshot, req)
+            for name in dirty:
+                node = snapshot.nodes.get(name)
+                if node is None or name not in verdicts:
+                    continue
+                old = verdicts[name]
+                new = verdicts[name] = _one(node, ctx)
+                if isinstance(old, str):
+                    counts[old] -= 1
+                if isinstance(new, str):
+                    counts[new] = counts.get(new, 0) + 1
+                elif (heap := self._heaps.get(key)) is not None:
+                    heapq.heappush(heap, (new[1], new[2]))
+            dirty.clear()
+        self._shapes[key] = entry
+        while len(self._shapes) > self.LIMIT:
+            oldest = next(iter(self._shapes))
+            del self._shapes[oldest]
+            self._heaps.pop(oldest, None)
+        if not want_list:
+            return [], _Skips()
+        skips = _Skips(**{k: v for k, v in counts.items() if v})
+        return [v for v in verdicts.values() if not isinstance(v, str)], skips
+
+
+def _scan(snapshot: Snapshot, req: GangRequest) -> tuple[list[_Cand], _Skips]:
     skips = _Skips()
     cands: list[_Cand] = []
-    models = req.models
-    ex_nodes = req.excluded_nodes
-    ex_devs: dict[str, set[int]] = {}
-    for node_name, idx in req.excluded_devices:
-        ex_devs.setdefault(node_name, set()).add(idx)
-    g = req.whole_gpus
-    share = req.share_milli
-    share_mem = req.share_memory_mib
-    mig = req.mig_profile
-    cpu = req.cpu_milli
-    mem = req.memory_mib
-    depth = len(snapshot.levels)
-    tolerations = req.tolerations
-    # Nodes the request's labels rule out join the excluded ones: one set test per node.
-    off: frozenset[str] = frozenset()
-    if req.selective:
-        off = frozenset(
-            n.name
-            for n in snapshot.nodes.values()
-            if not selects(req.node_selector, req.affinity, n.name, n.labels)
-        )
-        ex_nodes = ex_nodes | off
+    ctx = _Ctx(snapshot, req)
     for node in snapshot.nodes.values():
-        if not node.schedulable:
-            skips.unschedulable += 1
-            continue
-        if node.name in ex_nodes:
-            if node.name in off:
-                skips.affinity += 1
-            else:
-                skips.excluded += 1
-            continue
-        if node.taints and untolerated(tolerations, node.taints) is not None:
-            skips.taint += 1
-            continue
-        devices = node.devices
-        if (g or share) and models and (not devices or devices[0].model not in models):
-            skips.model += 1
-            continue
-        if len(devices) < g:
-            skips.gpu += 1
-            continue
-        k = 1 << 30
-        if cpu:
-            k = (node.cpu_milli - node.used_cpu_milli) // cpu
-        if mem:
-            m = (node.memory_mib - node.used_memory_mib) // mem
-            if m < k:
-                k = m
-        if k <= 0:
-            skips.cpu_memory += 1
-            continue
-        bad = ex_devs.get(node.name)
-        if g:
-            idle_all = 0
-            idle_ok = 0
-            for d in devices:
-                if d.used_milli == 0 and d.shares == 0 and d.healthy and not d.mig:
-                    idle_all += 1
-                    if bad is None or d.index not in bad:
-                        idle_ok += 1
-            free = idle_all - node.opaque_gpus
-            if idle_ok < free:
-                free = idle_ok
-            if free // g < k:
-                k = free // g
-            pack = free
-        elif mig:
-            fits = 0
-            pack = 0
-            for d in devices:
-                if d.healthy and (bad is None or d.index not in bad):
-                    fits += len(d.free_instances(mig))
-                    pack += WHOLE - d.used_milli
-            if fits < k:
-                k = fits
-        elif share:
-            idle_spare = -node.opaque_gpus
-            fits = 0
-            idle_fits = -1
-            pack = 0
-            for d in devices:
-                if not d.healthy or d.mig or (bad is not None and d.index in bad):
-                    continue
-                n = (WHOLE - d.used_milli) // share
-                if share_mem and d.memory_mib:
-                    n = min(n, (d.memory_mib - d.used_memory_mib) // share_mem)
-                if d.used_milli == 0 and d.shares == 0:
-                    idle_spare += 1
-                    # which idle devices opaque pods hold is unknown: count the smallest
-                    idle_fits = n if idle_fits < 0 else min(idle_fits, n)
-                    pack += WHOLE
-                    continue
-                fits += n
-                pack += WHOLE - d.used_milli
-            # idle devices behind opaque pods are not ours to slice
-            if idle_spare > 0 and idle_fits > 0:
-                fits += idle_spare * idle_fits
-            k = min(k, fits)
+        v = _one(node, ctx)
+        if isinstance(v, str):
+            setattr(skips, v, getattr(skips, v) + 1)
         else:
-            pack = node.cpu_milli - node.used_cpu_milli
-        if k <= 0:
-            skips.gpu += 1
-            continue
-        path = node.topology
-        if len(path) != depth or not all(path):
-            # a node without a label at a level is a domain of its own, never lumped
-            path = tuple(
-                path[i] if i < len(path) and path[i] else "\0" + node.name for i in range(depth)
-            )
-        cands.append((k, pack, node.name, path, node))
+            cands.append(v)
     return cands, skips
+
+
+def _candidates(snapshot: Snapshot, req: GangRequest) -> tuple[list[_Cand], _Skips]:
+    """How many replicas fit on each eligible node: from the cycle's cache when one is
+    attached to the snapshot, else one pass over the fleet."""
+    cache = snapshot.candidate_cache
+    if cache is not None:
+        return cache.candidates(snapshot, req)
+    return _scan(snapshot, req)
 
 
 def _aggregate(cands: Sequence[_Cand], level: int) -> dict[str, int]:
@@ -466,7 +580,6 @@ def _choose(
     whole gang run at the speed of its slowest member), so each model is tried on its own
     and the tightest fit wins.
     """
-    cands, skips = _candidates(snapshot, req)
     levels = len(snapshot.levels)
     level = -1
     if req.topology_level:
@@ -477,6 +590,12 @@ def _choose(
                 f"({', '.join(snapshot.levels) or 'none'})",
             )
         level = snapshot.level_index(req.topology_level)
+    if req.replicas == 1 and req.needed == 1 and snapshot.candidate_cache is not None:
+        # The common small job: the cycle's best-fit heap answers without a fleet-wide read.
+        one = snapshot.candidate_cache.best_one(snapshot, req)
+        if one is not None:
+            return [(one, 1)], snapshot.levels[0] if levels else "", one[3][:1]
+    cands, skips = _candidates(snapshot, req)
     total = sum(c[0] for c in cands)
     if total < req.needed:
         return _unplaceable(snapshot, req, cands, skips, -1)

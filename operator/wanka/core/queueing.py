@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from wanka.core.gang import BEST_FIT_SLICES, GangPlacement, GangResult, SlicePolicy, place_gang
+from wanka.core.gang import BEST_FIT_SLICES, CandidateCache, GangPlacement, GangResult, SlicePolicy, place_gang
 from wanka.core.requests import GangRequest
 from wanka.core.snapshot import WHOLE, Allocation, Snapshot, Transaction
 
@@ -676,6 +676,18 @@ def schedule(
     Returns one decision per pending gang, plus `Preempt` for each victim, in cycle order.
     """
     qmap = {q.name: q for q in queues}
+    outer = snapshot.candidate_cache
+    snapshot.candidate_cache = outer or CandidateCache()
+    try:
+        return _schedule(snapshot, qmap, pending, running, now, config)
+    finally:
+        snapshot.candidate_cache = outer
+
+
+def _schedule(
+    snapshot: Snapshot, qmap: Mapping[str, QueueSpec], pending: Sequence[GangRequest],
+    running: Sequence[GangRequest], now: float, config: SchedulerConfig,
+) -> ScheduleResult:
     with snapshot.transaction() as txn:
         cycle = _Cycle(snapshot, qmap, pending, running, now, config, txn)
         attempts = 0

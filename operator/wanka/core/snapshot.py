@@ -12,11 +12,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from wanka.core.constraints import Taint
 from wanka.units import WHOLE as WHOLE  # milli-GPU in one device (re-exported for the core)
 from wanka.units import mig_share_milli
+
+if TYPE_CHECKING:
+    from wanka.core.gang import CandidateCache
 
 HealthState = Literal["Healthy", "Sick", "Recovering", "Quarantined"]
 
@@ -150,7 +153,7 @@ class Allocation:
 class Snapshot:
     """The fleet plus every allocation on it. Mutated only through `apply` and `release`."""
 
-    __slots__ = ("_by_owner", "allocations", "levels", "nodes")
+    __slots__ = ("_by_owner", "allocations", "candidate_cache", "levels", "nodes")
 
     def __init__(
         self,
@@ -163,6 +166,8 @@ class Snapshot:
         self.nodes: dict[str, Node] = {n.name: n for n in nodes}
         self.allocations: dict[tuple[str, str], Allocation] = {}
         self._by_owner: dict[str, set[str]] = {}
+        # While a scheduling cycle runs: told of every node an apply or release changes.
+        self.candidate_cache: CandidateCache | None = None
         for alloc in allocations:
             self.apply(alloc)
 
@@ -238,6 +243,8 @@ class Snapshot:
                 dev.mig_held.add(share.mig_start)
         self.allocations[alloc.key] = alloc
         self._by_owner.setdefault(alloc.owner, set()).add(alloc.member)
+        if self.candidate_cache is not None:
+            self.candidate_cache.touch(alloc.node)
 
     def release(self, owner: str, member: str | None = None) -> list[Allocation]:
         """Remove one member's allocation, or all of an owner's; returns what was removed."""
@@ -248,6 +255,8 @@ class Snapshot:
             if alloc is None:
                 continue
             node = self.nodes.get(alloc.node)
+            if self.candidate_cache is not None:
+                self.candidate_cache.touch(alloc.node)
             if node is not None:
                 node.used_cpu_milli -= alloc.cpu_milli
                 node.used_memory_mib -= alloc.memory_mib
@@ -267,7 +276,7 @@ class Snapshot:
 
     def copy(self) -> Snapshot:
         """A deep, independent copy (prefer `transaction()` for what-if work on big fleets)."""
-        clone = Snapshot(levels=self.levels)
+        clone = Snapshot(levels=self.levels)  # (no candidate cache: that is one cycle's)
         clone.nodes = copy.deepcopy(self.nodes)
         clone.allocations = dict(self.allocations)
         clone._by_owner = {k: set(v) for k, v in self._by_owner.items()}
