@@ -49,7 +49,11 @@ RUN2 = (("n1", [0, 1, 2, 3, 4, 5, 6, 7]), ("n2", [0, 1, 2, 3, 4, 5, 6, 7]))
 
 CASES = [
     Case("a new job gets the finalizer first", job("j").no_finalizer().obj(), want_finalizer="add"),
-    Case("then it is queued", job("j").obj(), want_phase="Queued", want_reason="Queued"),
+    Case("then it is queued and offered a placement at once", job("j").obj(), want_phase="Queued",
+         want_reason="Queued", want_pending=True),
+    Case("a new suspended job is queued and suspended in one step", job("j").suspend().obj(),
+         want_phase="Suspended", want_reason="Queued",
+         check=lambda plan: [e.reason for e in plan.events] == ["Queued", "Suspended"]),
     Case("a queued job with nothing left over wants a placement", job("j").queued().obj(), want_pending=True),
     Case("backoff holds a queued job", job("j").queued(retry_after=NOW + 10).obj()),
     Case("backoff over", job("j").queued(retry_after=NOW - 1).obj(), want_pending=True),

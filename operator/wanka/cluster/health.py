@@ -22,6 +22,7 @@ from wanka.cluster.pools import parse_spec
 from wanka.cluster.translate import labels
 from wanka.core.health import (
     HEALTH_ANNOTATION,
+    HEALTHY,
     TAINT_KEY,
     GuardInput,
     HealthDecision,
@@ -97,6 +98,10 @@ class HealthReconciler:
     events: Recorder
     clock: Callable[[], float] = time.time
     guard_conditions: dict[str, PoolCondition] = field(default_factory=dict)
+    # Nodes whose last step changed nothing and can change only with the node itself (healthy,
+    # nothing recorded, no taint): name -> (resourceVersion, policy, valid until, decision).
+    # An agent's heartbeat bounds the validity: its silence is the one thing time alone reveals.
+    _steady: dict[str, tuple[str, HealthPolicy, float, HealthDecision]] = field(default_factory=dict)
 
     def reconcile_all(self) -> None:
         seen: set[str] = set()
@@ -112,15 +117,36 @@ class HealthReconciler:
             seen.update(n["metadata"]["name"] for n in members)
             policy = HealthPolicy.from_spec(spec.health.model_dump(by_alias=True))
             self.reconcile_pool(pool, name, policy, members)
+        for gone in self._steady.keys() - seen:
+            del self._steady[gone]
 
     def reconcile_pool(
         self, pool: Mapping[str, Any], name: str, policy: HealthPolicy, nodes: list[dict[str, Any]]
     ) -> None:
         now = self.clock()
         decisions: dict[str, HealthDecision] = {}
+        steady: set[str] = set()
         for n in list(nodes):
+            node_name = n["metadata"]["name"]
+            version = str(n["metadata"].get("resourceVersion") or "")
+            memo = self._steady.pop(node_name, None)
+            if memo is not None and memo[0] == version and memo[1] == policy and now < memo[2]:
+                decisions[node_name] = memo[3]
+                steady.add(node_name)
+                self._steady[node_name] = memo
+                continue
             try:
-                decisions[n["metadata"]["name"]] = step(read_record(n), observe_node(n), policy, now)
+                observation = observe_node(n)
+                record = read_record(n)
+                decision = decisions[node_name] = step(record, observation, policy, now)
+                if (version and decision.state == HEALTHY and not decision.events and decision.taint is None
+                        and decision.record == record and not record.devices and not record.flaps
+                        and (n["metadata"].get("annotations") or {}).get(HEALTH_ANNOTATION) == record.to_json()
+                        and current_taint(n) is None
+                        and not observation.device_faults and observation.quarantine_clear is None):
+                    until = (observation.agent_heartbeat + policy.agent_silent_seconds
+                             if observation.agent_heartbeat is not None else float("inf"))
+                    self._steady[node_name] = (version, policy, until, decision)
             except NotLeader:
                 raise  # this replica must stop writing altogether
             except Exception as exc:  # one node's malformed annotations fail that node only
@@ -141,6 +167,8 @@ class HealthReconciler:
             self.events.record(pool, "Normal", "HealthGuardReleased", verdict.condition.message)
         for node in nodes:
             node_name = node["metadata"]["name"]
+            if node_name in steady:
+                continue  # nothing to write: the same node, the same verdict
             try:
                 self._apply(pool, name, node, decisions[node_name], node_name in verdict.held, now)
             except ApiException as exc:

@@ -11,6 +11,7 @@ from kubernetes.client.exceptions import ApiException
 
 from wanka.api.common import GROUP, VERSION
 from wanka.cluster.fence import Fence, check
+from wanka.cluster.kube import request_json
 
 log = logging.getLogger(__name__)
 FINALIZER = "wanka.io/finalizer"
@@ -46,15 +47,17 @@ class JobIO:
             raise
         return str(out["metadata"]["resourceVersion"])
 
-    def set_finalizers(self, ns: str, name: str, version: str | None, finalizers: list[str]) -> None:
+    def set_finalizers(self, ns: str, name: str, version: str | None, finalizers: list[str]) -> str | None:
+        """Returns the job's new resourceVersion."""
         check(self.fence, f"set finalizers of {ns}/{name}")
         body = {"metadata": {"finalizers": finalizers, "resourceVersion": version}}
         try:
-            self.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", name, body)
+            out = self.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", name, body)
         except ApiException as exc:
             if exc.status in (404, 409):
                 raise Conflict(f"{ns}/{name}: {exc.reason}") from exc
             raise
+        return str((out.get("metadata") or {}).get("resourceVersion") or "") or None if isinstance(out, dict) else None
 
     # --- what it owns --------------------------------------------------------------------
     def ensure(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -65,8 +68,8 @@ class JobIO:
         kind = obj["kind"]
         try:
             if kind == "Pod":
-                created = self.core.create_namespaced_pod(ns, obj)
-                return dict(self.api.sanitize_for_serialization(created))
+                # Plain JSON both ways: the generated model round trip costs more than the call.
+                return request_json(self.api, "POST", f"/api/v1/namespaces/{ns}/pods", dict(obj))
             elif kind == "Service":
                 self.core.create_namespaced_service(ns, obj)
             elif kind == "ServiceAccount":

@@ -18,8 +18,10 @@ goes on with every other job, pool and queue.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -98,6 +100,18 @@ log = logging.getLogger(__name__)
 # bad request, forbidden (admission, a missing ServiceAccount), not found (namespace),
 # invalid. Anything else (conflicts aside) is transient and retried on the next pass.
 REFUSALS = frozenset({400, 403, 404, 422})
+# A settled job (see JobReconciler._settled) is stepped again at least this often even when
+# nothing it reads has changed: a safety net, not the mechanism.
+QUIET_SECONDS = 60.0
+# A pool's waiting gangs are offered to a new cycle when anything changed, and at least this often.
+CYCLE_SECONDS = 10.0
+# The stores the job loop reads.
+INPUTS = ("trainingjobs", "pods", "nodes", "gpupools", "tenantqueues", "trainingjobprogresses", "namespaces")
+# Concurrent API writes of one pass (each job's plan is independent of the others'); the
+# client keeps as many connections (kube.CONNECTIONS).
+WRITERS = 16
+# A gang's own writes (pods, binds) go side by side from this many members on.
+FAN_OUT_FROM = 8
 
 
 class Recorder(Protocol):
@@ -183,6 +197,11 @@ class Job:
     status: TrainingJobStatus
     invalid: str = ""
     pods: list[dict[str, Any]] = field(default_factory=list)
+    # While `status` is a plan not yet written (a new job's Queued status, held so that the
+    # scheduling cycle of the same pass writes it once with its decision): what the API holds,
+    # and the plan's Events, recorded with the write.
+    stored: TrainingJobStatus | None = None
+    deferred: list[lifecycle.Event] = field(default_factory=list)
 
     @property
     def ns(self) -> str:
@@ -232,13 +251,41 @@ class Job:
 def parse_job(raw: dict[str, Any], pods: list[dict[str, Any]]) -> Job:
     """Never raises: an unreadable spec makes an invalid job; unknown status fields are dropped
     (never the placement beside them: that is the ledger)."""
+    spec, status, invalid = _parse(raw)
+    return Job(raw, spec, status, invalid, pods)
+
+
+def _parse(raw: Mapping[str, Any]) -> tuple[TrainingJobSpec | None, TrainingJobStatus, str]:
     status = lenient(TrainingJobStatus, raw.get("status"))
     spec, invalid = None, ""
     try:
         spec = TrainingJobSpec.model_validate(raw.get("spec") or {})
     except ValidationError as exc:
         invalid = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
-    return Job(raw, spec, status, invalid, pods)
+    return spec, status, invalid
+
+
+class ParseMemo:
+    """Parsed jobs by (uid, resourceVersion): a version is immutable, so it is parsed once, not
+    on every pass. Parsed models are shared between passes and never mutated (every change is
+    made on a copy, as the lifecycle does). Holds only the jobs of the latest pass."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[str, str], tuple[TrainingJobSpec | None, TrainingJobStatus, str]] = {}
+        self._next: dict[tuple[str, str], tuple[TrainingJobSpec | None, TrainingJobStatus, str]] = {}
+
+    def parse(self, raw: dict[str, Any], pods: list[dict[str, Any]]) -> Job:
+        meta = raw.get("metadata") or {}
+        key = (str(meta.get("uid") or meta.get("name")), str(meta.get("resourceVersion") or ""))
+        parsed = self._memo.get(key) or self._next.get(key)
+        if parsed is None or not key[1]:
+            parsed = _parse(raw)
+        self._next[key] = parsed
+        spec, status, invalid = parsed
+        return Job(raw, spec, status, invalid, pods)
+
+    def end_pass(self) -> None:
+        self._memo, self._next = self._next, {}
 
 
 def job_request(job: Job, pool: GPUPoolSpec, resuming: bool, placed: bool = False) -> GangRequest:
@@ -323,6 +370,15 @@ class JobReconciler:
     clock: Callable[[], float] = time.time
     status_writer: Any = None  # StatusWriter for TenantQueue status
     mig_namespace: str = "default"  # where the mig-parted ConfigMap lives
+    memo: ParseMemo = field(default_factory=ParseMemo)
+    # Jobs whose last step had nothing to do, by key: (what the step read, until when to trust
+    # that). A job steps again as soon as anything it reads changes, and at least every
+    # QUIET_SECONDS in any case.
+    _quiet: dict[str, tuple[Any, float]] = field(default_factory=dict)
+    # Per pool, after its last cycle: (store changes, the gangs offered, until when to trust it).
+    _cycles: dict[str, tuple[tuple[int, ...], frozenset[str], float]] = field(default_factory=dict)
+    # After a pass that left every job settled: (store changes, until when to trust it).
+    _idle: tuple[tuple[int, ...], float] | None = None
 
     # --- reading the cache ---------------------------------------------------------------
     def _jobs(self) -> list[Job]:
@@ -334,7 +390,8 @@ class JobReconciler:
         jobs = []
         for raw in self.cache.store("trainingjobs").values():
             meta = raw["metadata"]
-            jobs.append(parse_job(raw, pods_by_job.get((meta["namespace"], meta["name"]), [])))
+            jobs.append(self.memo.parse(raw, pods_by_job.get((meta["namespace"], meta["name"]), [])))
+        self.memo.end_pass()
         return sorted(jobs, key=lambda j: j.key)
 
     def _pools(self) -> dict[str, GPUPoolSpec]:
@@ -362,19 +419,24 @@ class JobReconciler:
 
     # --- writing -------------------------------------------------------------------------
     def _write(self, job: Job, status: TrainingJobStatus) -> bool:
-        """Patch status against the version we read; assume it until the watch shows it."""
+        """Patch status against the version we read; assume it until the watch shows it.
+        Events held with an unwritten plan (`job.deferred`) are recorded once it is written."""
         status.observed_generation = job.generation
         wire = status.wire()
-        if wire == job.status.wire():
-            return True
-        try:
-            new_version = self.io.patch_status(job.ns, job.name, job.version, wire)
-        except Conflict as exc:
-            log.info("status of %s not written (%s); next pass re-reads it", job.key, exc)
-            return False
-        raw = {**job.raw, "metadata": {**job.raw["metadata"], "resourceVersion": new_version}, "status": wire}
-        self.cache.store("trainingjobs").assume(raw)
-        job.raw, job.status = raw, status
+        stored = job.stored if job.stored is not None else job.status
+        if wire != stored.wire():
+            try:
+                new_version = self.io.patch_status(job.ns, job.name, job.version, wire)
+            except Conflict as exc:
+                log.info("status of %s not written (%s); next pass re-reads it", job.key, exc)
+                return False
+            raw = {**job.raw, "metadata": {**job.raw["metadata"], "resourceVersion": new_version}, "status": wire}
+            self.cache.store("trainingjobs").assume(raw)
+            job.raw = raw
+        job.status, job.stored = status, None
+        deferred, job.deferred = job.deferred, []
+        for event in deferred:
+            self.events.record(job.raw, event.type, event.reason, event.message)
         return True
 
     def _apply(self, job: Job, plan: lifecycle.Plan, pools: Mapping[str, GPUPoolSpec] | None = None) -> None:
@@ -382,7 +444,12 @@ class JobReconciler:
         meta = job.raw["metadata"]
         finalizers = list(meta.get("finalizers") or [])
         if plan.finalizer == "add":
-            self.io.set_finalizers(job.ns, job.name, job.version, [*finalizers, FINALIZER])
+            version = self.io.set_finalizers(job.ns, job.name, job.version, [*finalizers, FINALIZER])
+            if version:
+                # Assumed, so the job goes on in this very pass instead of waiting for the watch.
+                job.raw = {**job.raw, "metadata": {**meta, "finalizers": [*finalizers, FINALIZER],
+                                                   "resourceVersion": version}}
+                self.cache.store("trainingjobs").assume(job.raw)
         by_name = {p["metadata"]["name"]: p for p in job.pods}
         for delete in plan.delete:
             self._delete_pod(job, by_name.get(delete.name), delete)
@@ -424,43 +491,140 @@ class JobReconciler:
     # --- the pass ------------------------------------------------------------------------
     def reconcile_all(self) -> None:
         now = self.clock()
+        # Nothing the loop reads changed since a pass that left every job settled: nothing to do.
+        if self._idle is not None and self._idle[0] == self.cache.changes(*INPUTS) and now < self._idle[1]:
+            return
+        self._idle = None
         jobs = self._jobs()
         pools = self._pools()
         queues = self._queues()
         nodes = {n["metadata"]["name"]: n for n in self.cache.store("nodes").values()}
         reports = self.cache.store("trainingjobprogresses")
-        pending: dict[str, list[Job]] = {}
+        quiet, self._quiet = self._quiet, {}
+        work: list[tuple[Job, Any, lifecycle.Plan]] = []
         for job in jobs:
             try:
-                report = read_report(reports.get(job.ns, progress_name(job.name)))
-                plan = lifecycle.step(job.facts(report), [pod_facts(p) for p in job.pods],
-                                      self._nodes_of(job, nodes), now)
-                self._apply(job, plan, pools)
-                self._healed(job)
-                if plan.pending and job.spec is not None:
-                    pending.setdefault(job.spec.pool, []).append(job)
-            except Conflict:
-                continue
-            except NotLeader:
-                raise  # this replica must stop writing altogether
+                progress = reports.get(job.ns, progress_name(job.name))
+                job_nodes = self._nodes_of(job, nodes)
+                reads = (job.version, tuple((p["metadata"]["name"], p["metadata"].get("resourceVersion"))
+                                            for p in job.pods),
+                         version_of(progress) if progress else None, tuple(sorted(job_nodes.items())))
+                last = quiet.get(job.key)
+                if last is not None and last[0] == reads and now < last[1]:
+                    self._quiet[job.key] = last  # nothing it reads changed: nothing to do
+                    continue
+                plan = lifecycle.step(job.facts(read_report(progress)), [pod_facts(p) for p in job.pods],
+                                      job_nodes, now)
+                work.append((job, reads, plan))
             except Exception as exc:  # one job's trouble must never stall the others
                 self._isolate(job, exc)
+        # Each job's plan is its own: carry them out side by side (bounded), each isolated.
+        outcomes = self._concurrently(lambda item: self._carry_out(item[0], item[2], pools, nodes, now), work)
+        pending: dict[str, list[Job]] = {}
+        for (job, reads, _), (settled, wants) in zip(work, outcomes, strict=True):
+            if settled:
+                self._quiet[job.key] = (reads, now + QUIET_SECONDS)
+            if wants and job.spec is not None:
+                pending.setdefault(job.spec.pool, []).append(job)
         by_key = {j.key: j for j in jobs}
-        for pool_name, waiting in sorted(pending.items()):
-            try:
-                ready = self._nominations(waiting, by_key, nodes, now)
-                self._schedule_pool(pool_name, pools.get(pool_name), ready, jobs, queues, now)
-            except NotLeader:
-                raise  # this replica must stop writing altogether
-            except Exception as exc:
-                RECONCILE_ERRORS.labels("gpupool").inc()
-                log.exception("admission in pool %s failed; the other pools go on", pool_name)
-                pool_obj = self.cache.store("gpupools").get("", pool_name)
-                if pool_obj is not None:
-                    reason, message = describe_error(exc)
-                    self.events.record({**pool_obj, "apiVersion": "wanka.io/v1alpha1", "kind": "GPUPool"},
-                                       "Warning", reason, f"admission failed: {message}")
+        cycles, self._cycles = self._cycles, {}
+        try:
+            for pool_name, waiting in sorted(pending.items()):
+                offered = frozenset(j.key for j in waiting)
+                cycle = cycles.get(pool_name)
+                if (cycle is not None and cycle[0] == self.cache.changes(*INPUTS) and cycle[1] == offered
+                        and now < cycle[2] and not any(j.stored is not None for j in waiting)):
+                    # The same gangs waiting on the same pool as after the last cycle: it
+                    # would decide the same (a cycle runs again at least every CYCLE_SECONDS).
+                    self._cycles[pool_name] = cycle
+                    continue
+                try:
+                    ready = self._nominations(waiting, by_key, nodes, now)
+                    self._schedule_pool(pool_name, pools.get(pool_name), ready, jobs, queues, now)
+                except NotLeader:
+                    raise  # this replica must stop writing altogether
+                except Exception as exc:
+                    RECONCILE_ERRORS.labels("gpupool").inc()
+                    log.exception("admission in pool %s failed; the other pools go on", pool_name)
+                    pool_obj = self.cache.store("gpupools").get("", pool_name)
+                    if pool_obj is not None:
+                        reason, message = describe_error(exc)
+                        self.events.record({**pool_obj, "apiVersion": "wanka.io/v1alpha1", "kind": "GPUPool"},
+                                           "Warning", reason, f"admission failed: {message}")
+        finally:
+            # A new job's Queued status that no decision wrote (its pool failed, or it was not
+            # offered): written now, so it never waits unseen.
+            held = [j for js in pending.values() for j in js if j.stored is not None]
+            self._concurrently(lambda j: self._write(j, j.status), held)
         self._queue_statuses(jobs, queues, pools)
+        # What this pass leaves, to tell the next one whether anything happened in between.
+        after = self.cache.changes(*INPUTS)
+        for pool_name, waiting in pending.items():
+            if pool_name not in self._cycles:
+                self._cycles[pool_name] = (after, frozenset(j.key for j in waiting), now + CYCLE_SECONDS)
+            else:
+                self._cycles[pool_name] = (after, *self._cycles[pool_name][1:])
+        if not pending and len(self._quiet) == len(jobs):
+            self._idle = (after, min((until for _, until in self._quiet.values()), default=now + QUIET_SECONDS))
+
+    def _carry_out(self, job: Job, plan: lifecycle.Plan, pools: Mapping[str, GPUPoolSpec],
+                   nodes: Mapping[str, Mapping[str, Any]], now: float) -> tuple[bool, bool]:
+        """Apply one job's plan; returns (settled, wants a placement). Runs in a worker thread:
+        it touches only this job (and the thread-safe cache, IO and recorder)."""
+        try:
+            if plan.finalizer == "add":
+                self._apply(job, plan, pools)
+                if FINALIZER not in (job.raw["metadata"].get("finalizers") or []):
+                    return False, False
+                # The finalizer is on: step again at once rather than a watch round trip later.
+                plan = lifecycle.step(job.facts(), [pod_facts(p) for p in job.pods], self._nodes_of(job, nodes), now)
+            if (plan.pending and plan.status is not None and not plan.delete and not plan.create
+                    and plan.finalizer is None and not plan.release_objects and plan.restart is None):
+                # Held: the scheduling cycle of this pass writes it, together with its decision.
+                job.stored, job.status, job.deferred = job.status, plan.status, list(plan.events)
+            else:
+                self._apply(job, plan, pools)
+                self._healed(job)
+            return self._settled(job, plan), plan.pending
+        except Conflict:
+            return False, False
+        except NotLeader:
+            raise  # this replica must stop writing altogether
+        except Exception as exc:  # one job's trouble must never stall the others
+            self._isolate(job, exc)
+            return False, False
+
+    def _concurrently(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """`fn` over `items` on up to WRITERS threads, results in order. NotLeader anywhere
+        stops the pass once every started call has returned (fn isolates all else)."""
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        futures = [_pool("writer").submit(fn, item) for item in items]
+        results, stop = [], None
+        for future in futures:
+            try:
+                results.append(future.result())
+            except NotLeader as exc:
+                stop = exc
+                results.append(None)
+        if stop is not None:
+            raise stop
+        return results
+
+    @staticmethod
+    def _settled(job: Job, plan: lifecycle.Plan) -> bool:
+        """The step had nothing to do, and only a change in what it read can give it something:
+        a gang running (or ended) with every member bound and none terminating. (A terminating
+        pod, a backoff, a gang timeout: those states change with time alone, so they step on.)"""
+        if (plan.status is not None or plan.events or plan.finalizer or plan.delete or plan.release_objects
+                or plan.create or plan.pending or plan.restart is not None):
+            return False
+        if job.status.phase not in ("Running", "Succeeded", "Failed", "Suspended"):
+            return False
+        if any(c.type == "Reconciled" and c.status != "True" for c in job.status.conditions):
+            return False
+        return all((p.get("spec") or {}).get("nodeName") and not p["metadata"].get("deletionTimestamp")
+                   for p in job.pods)
 
     def _isolate(self, job: Job, exc: Exception) -> None:
         """Record one job's failure on the job itself; never let it escape the pass."""
@@ -527,18 +691,23 @@ class JobReconciler:
 
     # --- an admitted gang ----------------------------------------------------------------
     def _materialize(self, job: Job, pool: GPUPoolSpec, missing: Iterable[int]) -> None:
-        """Create the members `missing`, then, once every member exists, bind them all."""
+        """Create the members `missing`, then, once every member exists, bind them all.
+
+        Only what the job needs: the headless Service only for more than one replica. A gang
+        of one is created bound (`spec.nodeName`): it is whole the moment it exists. The rest
+        are created side by side, then bound side by side."""
         assert job.spec is not None
         spec = job.spec
         pods = {int(p["metadata"]["labels"][REPLICA_LABEL]): p for p in job.attempt_pods()
                 if str(p["metadata"]["labels"].get(REPLICA_LABEL, "")).isdigit()}
         missing = [r for r in missing if r not in pods]
+        world = len(job.status.placement)
         if missing and not pods:
-            self.io.ensure(service_manifest(job.raw))
-            for obj in checkpoint_objects(job.raw):
-                self.io.ensure(obj)
+            owned = checkpoint_objects(job.raw) + ([service_manifest(job.raw)] if world > 1 else [])
+            self._fan_out(self.io.ensure, owned)
         mem = int((spec.resources.gpu_memory_gi_b or 0) * 1024)
         placed_by_replica = {p.replica: p for p in job.status.placement}
+        manifests = []
         for replica in missing:
             placed = placed_by_replica[replica]
             devices = [(d, placed.gpu_milli or WHOLE) for d in placed.devices]
@@ -548,41 +717,77 @@ class JobReconciler:
             manifest = pod_manifest(job.raw, spec, placed.replica, job.attempt, devices,
                                     resource, pool.sharing.mode, mem,
                                     resume=job.attempt > 0 or job.status.last_checkpoint is not None,
-                                    world_size=len(job.status.placement))
+                                    world_size=world)
             if placed.mig_start is not None:
                 # The device plugin picks the instance; ours is a ledger entry, not a device pin.
                 notes = manifest["metadata"]["annotations"]
                 notes.pop(DEVICES_ANNOTATION, None)
                 notes[MIG_INSTANCE_ANNOTATION] = f"{placed.devices[0]}:{placed.mig_start}"
+            if world == 1:
+                manifest["spec"]["nodeName"] = placed.node  # a gang of one: bound as it is created
+            manifests.append((placed.replica, manifest))
+
+        def create(item: tuple[int, dict[str, Any]]) -> tuple[int, dict[str, Any], dict[str, Any] | None, Any]:
+            replica, manifest = item
             try:
-                created = self.io.ensure(manifest)
+                return replica, manifest, self.io.ensure(manifest), None
             except ApiException as exc:
                 if exc.status not in REFUSALS:
                     raise
-                message = f"the API refused pod {manifest['metadata']['name']}: {exc.status} {api_message(exc)}"
-                self._apply(job, lifecycle.refused(job.facts(), message, self.clock()))
-                return
+                return replica, manifest, None, exc
+
+        refused = None
+        for replica, manifest, created, problem in self._fan_out(create, manifests):
+            if problem is not None:
+                refused = refused or (manifest, problem)
+                continue
             if created is not None:
                 self.cache.store("pods").assume(created, created=True)
-            pods[placed.replica] = created or manifest
+                if world == 1:
+                    BINDS.labels("bound").inc()
+            pods[replica] = created or manifest
+        if refused is not None:
+            manifest, exc = refused
+            message = f"the API refused pod {manifest['metadata']['name']}: {exc.status} {api_message(exc)}"
+            self._apply(job, lifecycle.refused(job.facts(), message, self.clock()))
+            return
         if len(pods) < len(job.status.placement):
             return
         # Every member exists: bind them all (only now, so no pod runs before its gang).
-        for placed in job.status.placement:
-            pod = pods.get(placed.replica)
-            if pod is None or (pod.get("spec") or {}).get("nodeName"):
-                continue
+        unbound = [(placed, pods[placed.replica]) for placed in job.status.placement
+                   if placed.replica in pods and not (pods[placed.replica].get("spec") or {}).get("nodeName")]
+
+        def bind(item: tuple[Any, dict[str, Any]]) -> str | None:
+            placed, pod = item
             problem = self.io.bind(job.ns, pod["metadata"]["name"], placed.node)
             if problem is not None:
                 BINDS.labels("failed").inc()
-                self._apply(job, lifecycle.bind_failed(job.facts(), [pod_facts(p) for p in job.pods],
-                                                       self.clock(), problem))
-                return
+                return problem
             if version_of(pod):
                 bound = {**pod, "spec": {**pod["spec"], "nodeName": placed.node}}
                 self.cache.store("pods").assume(bound, upto=version_of(pod) + 1)
             BINDS.labels("bound").inc()
             failpoints.hit("after-bind")
+            return None
+
+        problems = [p for p in self._fan_out(bind, unbound) if p is not None]
+        if problems:
+            self._apply(job, lifecycle.bind_failed(job.facts(), [pod_facts(p) for p in job.pods],
+                                                   self.clock(), problems[0]))
+
+    def _fan_out(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """One gang's independent writes side by side (its own small pool: a gang's worker
+        waits on these, so they never share the pass's pool). The first error is raised once
+        all have returned. A small gang's writes go one by one: the pass already runs WRITERS
+        jobs at once, and threads would buy a few milliseconds at most."""
+        if len(items) < FAN_OUT_FROM:
+            return [fn(item) for item in items]
+        futures = [_pool("gang").submit(fn, item) for item in items]
+        errors = [f.exception() for f in futures]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+        return [f.result() for f in futures]
 
     def _transition(
         self, job: Job, status: TrainingJobStatus, phase: str, cond: str, cstatus: str,
@@ -652,22 +857,30 @@ class JobReconciler:
         for decision in result.decisions:
             if isinstance(decision, Preempt):
                 victims.setdefault(decision.preemptor, []).append(decision)
-        # A preemptor records its victims before any of them is stopped: a crash in between
-        # leaves a nomination the next pass carries out, never victims without a preemptor.
-        nominated: set[str] = set()
-        for decision in decisions:
+        nodes = {n["metadata"]["name"]: n for n in node_objs}
+
+        def decide(decision: Decision) -> str | None:
             target = by_key.get(decision.owner)
             if target is None or isinstance(decision, Preempt):
-                continue
+                return None
             try:
                 self._apply_decision(target, decision, now, [v.owner for v in victims.get(decision.owner, [])])
+                if isinstance(decision, Admit) and target.status.phase == "Admitted":
+                    # Admitted (the ledger is written): create and bind its pods in this pass.
+                    plan = lifecycle.step(target.facts(), [pod_facts(p) for p in target.pods],
+                                          self._nodes_of(target, nodes), now)
+                    self._apply(target, plan, {pool_name: pool})
                 if isinstance(decision, Wait) and decision.owner in victims:
-                    nominated.add(decision.owner)
+                    return decision.owner
             except NotLeader:
                 raise  # this replica must stop writing altogether
             except Exception as exc:  # this job's trouble only
                 self._isolate(target, exc)
-        nodes = {n["metadata"]["name"]: n for n in self.cache.store("nodes").values()}
+            return None
+
+        # A preemptor records its victims before any of them is stopped: a crash in between
+        # leaves a nomination the next pass carries out, never victims without a preemptor.
+        nominated = {owner for owner in self._concurrently(decide, list(decisions)) if owner}
         for preemptor in sorted(nominated):
             for decision in victims[preemptor]:
                 victim = by_key.get(decision.owner)
@@ -778,6 +991,7 @@ class JobReconciler:
         if created:
             GANG_WAIT_SECONDS.labels(job.spec.pool, job.spec.queue).observe(max(0.0, now - created))
         nodes = sorted({a.node for a in by_member})
+        job.deferred = []  # it never waited: its Queued event would only be noise
         elastic = ""
         if len(by_member) < job.spec.replicas:
             elastic = (f"; elastic start with {len(by_member)} of {job.spec.replicas} replicas "
@@ -838,6 +1052,19 @@ class JobReconciler:
                 reason, message = describe_error(exc)
                 self.events.record({**raw, "apiVersion": "wanka.io/v1alpha1", "kind": "TenantQueue"},
                                    "Warning", reason, message)
+
+
+_POOLS: dict[str, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(name: str) -> ThreadPoolExecutor:
+    """The process's writer threads: "writer" runs one job's work each, "gang" one write of a
+    gang each. Separate, so a job waiting on its gang's writes never waits on itself."""
+    with _POOLS_LOCK:
+        if name not in _POOLS:
+            _POOLS[name] = ThreadPoolExecutor(WRITERS, thread_name_prefix=f"wanka-{name}")
+        return _POOLS[name]
 
 
 def api_message(exc: ApiException) -> str:

@@ -88,10 +88,12 @@ def pod_manifest(
     tmeta: dict[str, Any] = template.get("metadata") or {}
     whole = [d for d, milli in devices if milli >= 1000]
     shared = [(d, milli) for d, milli in devices if milli < 1000]
+    world = world_size or spec.replicas
     env = [
-        {"name": "MASTER_ADDR", "value": f"{name}-0.{name}.{ns}.svc"},
+        # A gang of one has no headless Service (nothing to rendezvous with): itself.
+        {"name": "MASTER_ADDR", "value": f"{name}-0.{name}.{ns}.svc" if world > 1 else "localhost"},
         {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
-        {"name": "WORLD_SIZE", "value": str(world_size or spec.replicas)},
+        {"name": "WORLD_SIZE", "value": str(world)},
         {"name": "RANK", "value": str(replica)},
         {"name": "NODE_RANK", "value": str(replica)},
         {"name": "LOCAL_WORLD_SIZE", "value": str(max(1, len(whole)))},

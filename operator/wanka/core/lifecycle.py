@@ -244,7 +244,7 @@ class _Step:
         if phase is None:
             self.st.gpus = spec.replicas * spec.resources.gpu_milli / 1000
             self.transition("Queued", "Admitted", "False", "Queued", f"waiting in queue {spec.queue}")
-            return self.done()
+            phase = self.st.phase  # and on: a new job may be placed in this very pass
         failed = find_condition(self.st.conditions, "Failed")
         if phase == "Failed" and failed is not None and failed.reason == "InvalidSpec" and failed.status == "True":
             # The spec was fixed: a job that never ran gets its chance.
