@@ -124,7 +124,7 @@ class Store:
         (default: `body`'s own version) or newer, or `seconds` pass. `created`: we created it."""
         with self.lock:
             self.changes += 1
-            self.assumed[key_of(body)] = _Assumed(dict(body), version(body) if upto is None else upto,
+            self.assumed[key_of(body)] = _Assumed(lean(body), version(body) if upto is None else upto,
                                                   self.clock() + seconds, created)
 
     def replace(self, bodies: list[dict[str, Any]]) -> None:
