@@ -231,6 +231,6 @@ class FleetCache:
     def wake(self) -> None:
         """Thread-safe: watch handlers run in kopf's executor threads."""
         for loop, event in self._waiters:
-            if loop.is_closed():
-                continue
+            if loop.is_closed() or event.is_set():
+                continue  # (set already: the loop has not taken the last wake-up yet)
             loop.call_soon_threadsafe(event.set)

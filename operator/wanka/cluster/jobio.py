@@ -17,6 +17,17 @@ log = logging.getLogger(__name__)
 FINALIZER = "wanka.io/finalizer"
 
 
+# Where `ensure` creates each kind it makes.
+_CREATE = {
+    "Pod": "/api/v1/namespaces/{ns}/pods",
+    "Service": "/api/v1/namespaces/{ns}/services",
+    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
+    "TrainingJobProgress": f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/trainingjobprogresses",
+    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
+    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+}
+
+
 class Conflict(Exception):
     """The object changed since we read it (409) or is gone (404): re-read and decide again."""
 
@@ -66,26 +77,17 @@ class JobIO:
         check(self.fence, f"create {obj['kind']} {obj['metadata']['name']}")
         ns = obj["metadata"]["namespace"]
         kind = obj["kind"]
+        path = _CREATE.get(kind)
+        if path is None:
+            raise ValueError(f"unexpected kind {kind}")
         try:
-            if kind == "Pod":
-                # Plain JSON both ways: the generated model round trip costs more than the call.
-                return request_json(self.api, "POST", f"/api/v1/namespaces/{ns}/pods", dict(obj))
-            elif kind == "Service":
-                self.core.create_namespaced_service(ns, obj)
-            elif kind == "ServiceAccount":
-                self.core.create_namespaced_service_account(ns, obj)
-            elif kind == "TrainingJobProgress":
-                self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobprogresses", obj)
-            elif kind == "Role":
-                self.rbac.create_namespaced_role(ns, obj)
-            elif kind == "RoleBinding":
-                self.rbac.create_namespaced_role_binding(ns, obj)
-            else:
-                raise ValueError(f"unexpected kind {kind}")
+            # Plain JSON both ways: the generated models' round trip costs more than the call.
+            created = request_json(self.api, "POST", path.format(ns=ns), dict(obj))
         except ApiException as exc:
             if exc.status != 409:
                 raise
-        return None
+            return None
+        return created if kind == "Pod" else None
 
     def bind(self, ns: str, pod: str, node: str) -> str | None:
         """Bind through pods/binding. None when bound (now or before); else why it failed."""
@@ -94,7 +96,7 @@ class JobIO:
                 "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
         try:
             # The client cannot read the Status the server answers with: skip decoding.
-            self.core.create_namespaced_binding(ns, body, _preload_content=False)
+            request_json(self.api, "POST", f"/api/v1/namespaces/{ns}/bindings", body)
         except ApiException as exc:
             if exc.status == 409:
                 current = self.core.read_namespaced_pod(pod, ns).spec.node_name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from kubernetes import client, config
 
@@ -102,14 +102,30 @@ _PATHS = {
 }
 
 
-def list_all(api: client.ApiClient, kind: str, page: int = LIST_PAGE) -> list[dict[str, Any]]:
-    """Every object of one of the cache's kinds, as plain dicts: a LIST in pages of `page`
-    (the API server serves each from one consistent snapshot), so neither side ever holds
-    one giant response."""
+def collection(kind: str) -> tuple[str, str, str]:
+    """(path, apiVersion, kind) of one of the cache's kinds; kind is "" for Wanka's own (its
+    objects carry it)."""
     from wanka.api.common import GROUP, VERSION
 
-    custom = (f"/apis/{GROUP}/{VERSION}/{kind}", f"{GROUP}/{VERSION}", "")
-    path, api_version, kind_name = _PATHS.get(kind, custom)
+    return _PATHS.get(kind, (f"/apis/{GROUP}/{VERSION}/{kind}", f"{GROUP}/{VERSION}", ""))
+
+
+@overload
+def list_all(api: client.ApiClient, kind: str, page: int = ...,
+             with_version: Literal[False] = ...) -> list[dict[str, Any]]: ...
+
+
+@overload
+def list_all(api: client.ApiClient, kind: str, page: int = ...,
+             *, with_version: Literal[True]) -> tuple[list[dict[str, Any]], str]: ...
+
+
+def list_all(api: client.ApiClient, kind: str, page: int = LIST_PAGE,
+             with_version: bool = False) -> list[dict[str, Any]] | tuple[list[dict[str, Any]], str]:
+    """Every object of one of the cache's kinds, as plain dicts: a LIST in pages of `page`
+    (the API server serves each from one consistent snapshot), so neither side ever holds
+    one giant response. `with_version`: also the collection's resourceVersion (to watch from)."""
+    path, api_version, kind_name = collection(kind)
     items: list[dict[str, Any]] = []
     token = ""
     while True:
@@ -120,9 +136,10 @@ def list_all(api: client.ApiClient, kind: str, page: int = LIST_PAGE) -> list[di
             if kind_name:
                 item.setdefault("kind", kind_name)
             items.append(item)
-        token = str((out.get("metadata") or {}).get("continue") or "")
+        meta = out.get("metadata") or {}
+        token = str(meta.get("continue") or "")
         if not token:
-            return items
+            return (items, str(meta.get("resourceVersion") or "")) if with_version else items
 
 
 def request_json(api: client.ApiClient, method: str, path: str, body: Any = None,
@@ -138,5 +155,8 @@ def request_json(api: client.ApiClient, method: str, path: str, body: Any = None
         body=body, auth_settings=["BearerToken"], _preload_content=False,
         _return_http_data_only=True, _request_timeout=timeout,
     )
-    data = resp.data
+    try:
+        data = resp.data
+    finally:
+        resp.release_conn()  # back to the pool: unread, it would cost a TLS handshake per call
     return dict(json.loads(data)) if data else {}

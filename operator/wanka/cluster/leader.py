@@ -85,7 +85,10 @@ class ApiLeaseStore:
 
 
 def _decode(raw: Any) -> Lease:
-    data: Lease = json.loads(raw.data)
+    try:
+        data: Lease = json.loads(raw.data)
+    finally:
+        raw.release_conn()  # back to the pool for the next renewal
     return data
 
 

@@ -134,9 +134,9 @@ class EventRecorder:
         try:
             if seen and now - seen[3] < self.dedupe_seconds:
                 name, ns, count, _ = seen
-                self.core.patch_namespaced_event(
-                    name, ns, {"count": count + 1, "lastTimestamp": _ts()}, _preload_content=False
-                )
+                request_json(self.core.api_client, "PATCH", f"/api/v1/namespaces/{ns}/events/{name}",
+                             {"count": count + 1, "lastTimestamp": _ts()},
+                             content_type="application/merge-patch+json")
                 self._remember(key, (name, ns, count + 1, now))
                 return
             body = {

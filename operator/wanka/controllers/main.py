@@ -1,4 +1,5 @@
-"""kopf registrations: watch events feed the cache; long-lived loops reconcile from it."""
+"""The operator process: kopf runs it (login, start-up, liveness, signals), our own watch
+streams feed the cache (`cluster/watch.py`), and one long-lived loop reconciles from it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from wanka import __version__
-from wanka.api.common import GROUP, VERSION
+from wanka.api.common import GROUP
 from wanka.cluster.cache import KINDS, FleetCache
 from wanka.cluster.fence import NotLeader
 from wanka.cluster.health import ApiNodePatcher, HealthReconciler
@@ -23,6 +24,7 @@ from wanka.cluster.jobs import JobReconciler
 from wanka.cluster.kube import KUBECONFIG_HELP, api_client, connection_settings, list_all
 from wanka.cluster.leader import ApiLeaseStore, LeaseElector
 from wanka.cluster.pools import PoolReconciler
+from wanka.cluster.watch import Watches
 from wanka.cluster.writer import EventRecorder, StatusWriter
 from wanka.controllers.logs import configure_logging
 from wanka.core.accounting import PoolSummary, queue_depth
@@ -41,6 +43,7 @@ class Runtime:
     cache: FleetCache = field(default_factory=FleetCache)
     summaries: dict[str, PoolSummary] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    watches: Watches | None = None
     elector: LeaseElector | None = None
     lease: tuple[str, str] | None = None  # (namespace, name) when --leader-elect
 
@@ -56,23 +59,6 @@ class Runtime:
 
 
 RUNTIME = Runtime()
-
-
-def _feed(kind: str) -> Any:
-    def handler(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
-        RUNTIME.cache.observe(kind, event.get("type"), dict(body))
-
-    handler.__name__ = handler.__qualname__ = f"cache_{kind}"
-    return handler
-
-
-kopf.on.event("", "v1", "nodes")(_feed("nodes"))
-kopf.on.event("", "v1", "pods")(_feed("pods"))
-kopf.on.event(GROUP, VERSION, "gpupools")(_feed("gpupools"))
-kopf.on.event(GROUP, VERSION, "trainingjobs")(_feed("trainingjobs"))
-kopf.on.event(GROUP, VERSION, "tenantqueues")(_feed("tenantqueues"))
-kopf.on.event(GROUP, VERSION, "trainingjobprogresses")(_feed("trainingjobprogresses"))
-kopf.on.event("", "v1", "namespaces")(_feed("namespaces"))
 
 
 async def _loop(name: str, wake: asyncio.Event, step: Any, period: float | None = None) -> None:
@@ -122,6 +108,8 @@ async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     api = api_client(os.environ.get("KUBECONFIG"))
+    # Every replica watches (a standby keeps its cache warm); only the leader acts.
+    watches = RUNTIME.watches = Watches(api, RUNTIME.cache).start()
     # Every write asks the fence first: a replica that lost the lease mid-pass sends nothing more.
     fence = RUNTIME.is_leader if RUNTIME.lease is not None else None
 
@@ -153,15 +141,17 @@ async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         nonlocal term, last_sync, health, jobs, pools
         if not RUNTIME.is_leader():
             return  # a standby keeps its cache warm and acts only once it holds the lease
+        if not watches.synced():
+            return  # the ledger (admitted jobs' status) must be complete before anything is placed
         if RUNTIME.term() != term:
             # A new term: nothing remembered from an earlier one (what was written, assumed,
             # announced) may hold now that another replica has acted in between.
-            term, last_sync = RUNTIME.term(), 0.0
+            # The first term starts on the watches' own fresh LISTs; a later one lists again.
+            term, last_sync = RUNTIME.term(), (time.monotonic() if term < 0 else 0.0)
             RUNTIME.cache.forget()
             health, jobs, pools = reconcilers()
         try:
-            # A full LIST first and then every few minutes: the reservation ledger (admitted
-            # jobs' status) must be complete before anything is placed, and a missed watch
+            # A full LIST every few minutes (and when a new term starts): a missed watch
             # event must not leave a phantom object in the cache for long.
             if time.monotonic() - last_sync > RESYNC_SECONDS:
                 for kind in KINDS:
@@ -193,6 +183,8 @@ async def _elect(elector: LeaseElector) -> None:
 
 @kopf.on.cleanup()
 async def operator_cleanup(**_: Any) -> None:
+    if RUNTIME.watches is not None:
+        RUNTIME.watches.stop()
     for task in RUNTIME.tasks:
         task.cancel()
     await asyncio.gather(*RUNTIME.tasks, return_exceptions=True)
