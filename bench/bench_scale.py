@@ -10,7 +10,8 @@ Each run starts a fresh local control plane and measures, in order:
 3. The Wanka operator starts. `gang_1024_seconds` and `gang_4096_seconds`: one 128 x 8 and one
    512 x 8 TrainingJob, create -> Running (each deleted afterwards); `gangs_100x64_seconds`: 100
    8 x 8 gangs created at once -> all Running (then deleted).
-4. `wanka_all_running_seconds`: P one-replica 1-GPU TrainingJobs created at once -> all Running;
+4. `wanka_all_running_seconds`: P one-replica 1-GPU TrainingJobs created at once -> all Running
+   (a sweep's trials: `checkpoint.resume: Never`, so no progress report; `--small-resume Auto`);
    `ratio_peer_over_wanka` is step 2's time over this one, within the same run.
 5. With those P jobs running: `member_failure_seconds` (one member of a 4 x 8 gang fails ->
    the whole gang Running again, backoff 0), then `operator_idle_cpu_percent` (of one core, over
@@ -242,9 +243,10 @@ def wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
-def training_job(name: str, replicas: int, gpus: int) -> dict[str, Any]:
+def training_job(name: str, replicas: int, gpus: int, resume: str = "Auto") -> dict[str, Any]:
     return {"apiVersion": "wanka.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name}, "spec": {
         "pool": POOL, "queue": NS, "replicas": replicas, "resources": {"gpus": gpus},
+        "checkpoint": {"resume": resume},
         "restartPolicy": {"maxRestarts": 100, "backoffSeconds": 0, "maxBackoffSeconds": 0},
         "template": {"spec": {"terminationGracePeriodSeconds": 0,
                               "containers": [{"name": "t", "image": "trainer:1"}]}}}}
@@ -360,7 +362,7 @@ def one_run(args: argparse.Namespace, bins: Path, index: int) -> dict[str, Any]:
             log(f"run {index}: {gangs} 8 x 8 gangs Running after {out[f'gangs_{gangs}x64_seconds']:.1f}s")
             w.remove(names)
             names = [f"s-{i}" for i in range(args.jobs)]
-            start = w.create([training_job(n, 1, 1) for n in names])
+            start = w.create([training_job(n, 1, 1, args.small_resume) for n in names])
             out["wanka_created_seconds"] = time.monotonic() - start
             out["wanka_all_running_seconds"] = w.all_running(names, start, 1800, "small jobs")
             log(f"run {index}: Wanka: {args.jobs} jobs Running after {out['wanka_all_running_seconds']:.1f}s")
@@ -407,6 +409,9 @@ def main() -> int:
                         help="one-GPU jobs (and kube-scheduler's plain pods) created at once (default 2000)")
     parser.add_argument("--idle-seconds", type=float, default=30, help="how long idle CPU is sampled (default 30)")
     parser.add_argument("--skip-peer", action="store_true", help="no kube-scheduler step (no ratio)")
+    parser.add_argument("--small-resume", choices=["Never", "Auto"], default="Never",
+                        help="checkpoint.resume of the one-GPU jobs (default Never: a sweep's trials, which "
+                        "need no progress report; Auto adds its ServiceAccount, Role, binding and report)")
     parser.add_argument("--keep-logs", default="", help="a directory to copy each run's operator log into")
     args = parser.parse_args()
     bins = Path(subprocess.run(["bash", str(BUILD_SCRIPT), *([] if args.skip_peer else ["--scheduler"])],
@@ -423,6 +428,7 @@ def main() -> int:
     print(json.dumps({
         "benchmark": "1,250-node scale, Wanka beside kube-scheduler of the same release",
         "nodes": args.nodes, "gpus": args.nodes * 8, "jobs": args.jobs, "runs": args.runs,
+        "small_jobs_resume": args.small_resume,
         "figures": figures, "targets": {k: v for k, v in TARGETS.items() if k in figures},
     }, indent=2))
     return 0

@@ -354,3 +354,38 @@ def test_elastic_gang_starts_with_min_available_and_runs_at_that_size(
     wait_for(lambda: (c := condition(cluster, namespace, "rigid", "Admitted")) and c["reason"] != "Queued", 10,
              what="rigid waits with a reason")
     assert phase(cluster, namespace, "rigid") == "Queued" and not live_pods(cluster, namespace, "rigid")
+
+
+def test_a_gang_of_one_is_created_bound_and_gets_only_what_it_needs(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    from kubernetes.client import RbacAuthorizationV1Api
+    from kubernetes.client.exceptions import ApiException
+
+    fleet = make_fleet(cluster, namespace, nodes=1, racks=1)
+    make_job(cluster, namespace, fleet, "trial", replicas=1, gpus=1, checkpoint={"resume": "Never"})
+    make_job(cluster, namespace, fleet, "resumer", replicas=1, gpus=1)
+    wait_running(cluster, namespace, "trial")
+    wait_running(cluster, namespace, "resumer")
+    trial, = live_pods(cluster, namespace, "trial")
+    resumer, = live_pods(cluster, namespace, "resumer")
+    # Bound as created: a gang of one is whole the moment it exists (no pods/binding call).
+    managed = [f for f in trial.metadata.managed_fields or [] if f.subresource == "binding"]
+    assert trial.spec.node_name and not managed
+    assert env_of(trial)["MASTER_ADDR"] == "localhost" and env_of(trial)["WORLD_SIZE"] == "1"
+    # No rendezvous Service for one replica; no report objects for a job that never resumes.
+    assert not env_of(trial).get("WANKA_PROGRESS")
+    assert trial.spec.service_account_name == "default"
+    rbac = RbacAuthorizationV1Api(cluster.api)
+    for read in (lambda: cluster.core.read_namespaced_service("trial", namespace),
+                 lambda: cluster.core.read_namespaced_service_account("trial-wanka", namespace),
+                 lambda: cluster.get("trainingjobprogresses", "trial", namespace),
+                 lambda: rbac.read_namespaced_role("trial-checkpoint-writer", namespace)):
+        with pytest.raises(ApiException) as missing:
+            read()
+        assert missing.value.status == 404
+    # A job that resumes keeps its own report object and the account allowed to write it.
+    assert resumer.spec.service_account_name == "resumer-wanka"
+    assert env_of(resumer)["WANKA_PROGRESS"] == "resumer"
+    assert cluster.get("trainingjobprogresses", "resumer", namespace)
+    rbac.read_namespaced_role_binding("resumer-checkpoint-writer", namespace)

@@ -177,7 +177,10 @@ class Checkpoint(WankaModel):
         description="Absolute checkpoint directory inside the containers.",
     )
     resume: Literal["Auto", "Never"] = Field(
-        default="Auto", description="Auto: restarted replicas resume from the last checkpoint."
+        default="Auto",
+        description="Auto: restarted replicas resume from the last checkpoint, which they report "
+        "through the job's TrainingJobProgress. Never: every restart starts over; the job gets no "
+        "progress report, ServiceAccount or Role.",
     )
 
 

@@ -49,6 +49,7 @@ from wanka.cluster.manifests import (
     checkpoint_role_name,
     pod_manifest,
     progress_name,
+    reports,
     service_account_name,
     service_manifest,
 )
@@ -703,7 +704,8 @@ class JobReconciler:
         missing = [r for r in missing if r not in pods]
         world = len(job.status.placement)
         if missing and not pods:
-            owned = checkpoint_objects(job.raw) + ([service_manifest(job.raw)] if world > 1 else [])
+            owned = ((checkpoint_objects(job.raw) if reports(spec) else [])
+                     + ([service_manifest(job.raw)] if world > 1 else []))
             self._fan_out(self.io.ensure, owned)
         mem = int((spec.resources.gpu_memory_gi_b or 0) * 1024)
         placed_by_replica = {p.replica: p for p in job.status.placement}
