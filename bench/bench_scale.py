@@ -7,7 +7,8 @@ Each run starts a fresh local control plane and measures, in order:
 2. `peer_all_running_seconds`: kube-scheduler, built from the same Kubernetes release
    (`hack/build-binaries.sh --scheduler`), client QPS 5,000: P plain 1-GPU pods created at once,
    seconds until every one is Running. Then they are deleted and kube-scheduler stops.
-3. The Wanka operator starts. `gang_1024_seconds` and `gang_4096_seconds`: one 128 x 8 and one
+3. The Wanka operator starts; `pool_ready_seconds`: from the GPUPool's creation until its status
+   counts every node healthy (the operator has taken the fleet in). `gang_1024_seconds` and `gang_4096_seconds`: one 128 x 8 and one
    512 x 8 TrainingJob, create -> Running (each deleted afterwards); `gangs_100x64_seconds`: 100
    8 x 8 gangs created at once -> all Running (then deleted).
 4. `wanka_all_running_seconds`: P one-replica 1-GPU TrainingJobs created at once -> all Running
@@ -342,6 +343,7 @@ def one_run(args: argparse.Namespace, bins: Path, index: int) -> dict[str, Any]:
                     f"{out['peer_all_running_seconds']:.1f}s")
             operator = start_operator(kubeconfig, tmp / "operator.log", timeout=120)
             pid = operator.proc.pid
+            pool_start = time.monotonic()
             request_json(api, "POST", f"{GROUP_PATH}/gpupools", {
                 "apiVersion": "wanka.io/v1alpha1", "kind": "GPUPool", "metadata": {"name": POOL},
                 "spec": {"nodeSelector": {"matchLabels": {"wanka.io/pool": POOL}},
@@ -350,6 +352,14 @@ def one_run(args: argparse.Namespace, bins: Path, index: int) -> dict[str, Any]:
                 "apiVersion": "wanka.io/v1alpha1", "kind": "TenantQueue", "metadata": {"name": NS},
                 "spec": {"namespaces": [NS], "quotas": [{"pool": POOL, "gpus": args.nodes * 8}]}})
             namespace(api, NS)
+            # A platform declares its pool before jobs come: wait until the operator has taken
+            # in the whole fleet (every node's health record written, the pool's status whole).
+            pools = Watch(api, f"{GROUP_PATH}/gpupools", lambda p: ((p.get("status") or {}).get("nodes") or {})
+                          .get("healthy") == args.nodes)
+            pools.wait(lambda: pools.satisfied([POOL]) == 1, 600, "pool status")
+            out["pool_ready_seconds"] = pools.first[POOL] - pool_start
+            pools.stop()
+            log(f"run {index}: pool of {args.nodes} nodes ready after {out['pool_ready_seconds']:.1f}s")
             w = Wanka(api)
             for replicas, key in ((128, "gang_1024_seconds"), (512, "gang_4096_seconds")):
                 if replicas <= args.nodes:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from wanka.cluster.cache import FleetCache
 from wanka.cluster.fence import Fence, NotLeader, check
+from wanka.cluster.kube import request_json, writers
 from wanka.cluster.pools import parse_spec
 from wanka.cluster.translate import labels
 from wanka.core.health import (
@@ -57,12 +58,13 @@ class ApiNodePatcher:
     """
 
     def __init__(self, api: client.ApiClient, fence: Fence | None = None) -> None:
-        self.core = client.CoreV1Api(api)
+        self.api = api
         self.fence = fence
 
     def patch_node(self, name: str, body: Mapping[str, Any]) -> None:
         check(self.fence, f"patch node {name}")
-        self.core.patch_node(name, dict(body))
+        request_json(self.api, "PATCH", f"/api/v1/nodes/{name}", dict(body),
+                     content_type="application/strategic-merge-patch+json")
 
 
 def desired_taints(node: Mapping[str, Any], taint: Taint | None) -> list[dict[str, Any]]:
@@ -165,10 +167,8 @@ class HealthReconciler:
             self.events.record(pool, "Warning", "HealthGuardTripped", verdict.condition.message)
         elif not verdict.tripped and previous is not None and previous.status == "True":
             self.events.record(pool, "Normal", "HealthGuardReleased", verdict.condition.message)
-        for node in nodes:
+        def apply(node: dict[str, Any]) -> None:
             node_name = node["metadata"]["name"]
-            if node_name in steady:
-                continue  # nothing to write: the same node, the same verdict
             try:
                 self._apply(pool, name, node, decisions[node_name], node_name in verdict.held, now)
             except ApiException as exc:
@@ -179,6 +179,22 @@ class HealthReconciler:
                 raise  # this replica must stop writing altogether
             except Exception as exc:
                 self._node_error(node, exc)
+
+        # Each node's write is its own (a fleet that joins at once gets its records side by side).
+        changing = [n for n in nodes if n["metadata"]["name"] not in steady]
+        if len(changing) < 2:
+            for node in changing:
+                apply(node)
+            return
+        futures = [writers().submit(apply, node) for node in changing]
+        stop = None
+        for future in futures:
+            try:
+                future.result()
+            except NotLeader as exc:
+                stop = exc
+        if stop is not None:
+            raise stop
 
     def _node_error(self, node: Mapping[str, Any], exc: Exception) -> None:
         """An error handling one node: an Event on it and a metric; the other nodes go on."""

@@ -18,10 +18,8 @@ goes on with every other job, pool and queue.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -42,6 +40,7 @@ from wanka.cluster.cache import FleetCache
 from wanka.cluster.cache import version as version_of
 from wanka.cluster.fence import NotLeader
 from wanka.cluster.jobio import FINALIZER, Conflict, JobIO
+from wanka.cluster.kube import writers
 from wanka.cluster.ledger import ledger_allocations, placement_of
 from wanka.cluster.manifests import (
     ATTEMPT_LABEL,
@@ -108,9 +107,6 @@ QUIET_SECONDS = 60.0
 CYCLE_SECONDS = 10.0
 # The stores the job loop reads.
 INPUTS = ("trainingjobs", "pods", "nodes", "gpupools", "tenantqueues", "trainingjobprogresses", "namespaces")
-# Concurrent API writes of one pass (each job's plan is independent of the others'); the
-# client keeps as many connections (kube.CONNECTIONS).
-WRITERS = 16
 # A gang's own writes (pods, binds) go side by side from this many members on.
 FAN_OUT_FROM = 8
 
@@ -600,7 +596,7 @@ class JobReconciler:
         stops the pass once every started call has returned (fn isolates all else)."""
         if len(items) <= 1:
             return [fn(item) for item in items]
-        futures = [_pool("writer").submit(fn, item) for item in items]
+        futures = [writers().submit(fn, item) for item in items]
         results, stop = [], None
         for future in futures:
             try:
@@ -784,7 +780,7 @@ class JobReconciler:
         jobs at once, and threads would buy a few milliseconds at most."""
         if len(items) < FAN_OUT_FROM:
             return [fn(item) for item in items]
-        futures = [_pool("gang").submit(fn, item) for item in items]
+        futures = [writers("gang").submit(fn, item) for item in items]
         errors = [f.exception() for f in futures]
         first = next((e for e in errors if e is not None), None)
         if first is not None:
@@ -1054,19 +1050,6 @@ class JobReconciler:
                 reason, message = describe_error(exc)
                 self.events.record({**raw, "apiVersion": "wanka.io/v1alpha1", "kind": "TenantQueue"},
                                    "Warning", reason, message)
-
-
-_POOLS: dict[str, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _pool(name: str) -> ThreadPoolExecutor:
-    """The process's writer threads: "writer" runs one job's work each, "gang" one write of a
-    gang each. Separate, so a job waiting on its gang's writes never waits on itself."""
-    with _POOLS_LOCK:
-        if name not in _POOLS:
-            _POOLS[name] = ThreadPoolExecutor(WRITERS, thread_name_prefix=f"wanka-{name}")
-        return _POOLS[name]
 
 
 def api_message(exc: ApiException) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -17,6 +19,20 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 # A full LIST of a large fleet's pods may legitimately take longer than one object's write.
 LIST_TIMEOUT = (5.0, 120.0)
 CONNECTIONS = 32
+# Concurrent API writes of one pass (each object's writes are independent of the others').
+WRITERS = 16
+_WRITERS: dict[str, ThreadPoolExecutor] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+def writers(name: str = "writer") -> ThreadPoolExecutor:
+    """The process's writer threads, WRITERS of them per name: "writer" carries out one
+    object's work each (a job's plan, a node's health record), "gang" one write of a gang each
+    (separate, so a job waiting on its gang's writes never waits on itself)."""
+    with _WRITERS_LOCK:
+        if name not in _WRITERS:
+            _WRITERS[name] = ThreadPoolExecutor(WRITERS, thread_name_prefix=f"wanka-{name}")
+        return _WRITERS[name]
 
 
 class DeadlineApiClient(client.ApiClient):  # type: ignore[misc]  # the client is untyped
