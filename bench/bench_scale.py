@@ -8,9 +8,10 @@ Each run starts a fresh local control plane and measures, in order:
    (`hack/build-binaries.sh --scheduler`), client QPS 5,000: P plain 1-GPU pods created at once,
    seconds until every one is Running. Then they are deleted and kube-scheduler stops.
 3. The Wanka operator starts; `pool_ready_seconds`: from the GPUPool's creation until its status
-   counts every node healthy (the operator has taken the fleet in). `gang_1024_seconds` and `gang_4096_seconds`: one 128 x 8 and one
-   512 x 8 TrainingJob, create -> Running (each deleted afterwards); `gangs_100x64_seconds`: 100
-   8 x 8 gangs created at once -> all Running (then deleted).
+   counts every node healthy (the operator has taken the fleet in). `gang_1024_seconds` and
+   `gang_4096_seconds`: one 128 x 8 and one 512 x 8 TrainingJob, create -> Running (each deleted
+   afterwards); `gangs_100x64_seconds`: 100 8 x 8 gangs created at once -> all Running (then
+   deleted).
 4. `wanka_all_running_seconds`: P one-replica 1-GPU TrainingJobs created at once -> all Running
    (a sweep's trials: `checkpoint.resume: Never`, so no progress report; `--small-resume Auto`);
    `ratio_peer_over_wanka` is step 2's time over this one, within the same run.
