@@ -22,12 +22,16 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import ReadTimeoutError
 
 from wanka.cluster.cache import KINDS, FleetCache
 from wanka.cluster.kube import collection, list_all
 
 log = logging.getLogger(__name__)
 WATCH_SECONDS = 290  # the server ends each watch after this; the stream then resumes
+# A stream silent this long (no event, no bookmark) is taken as dead and resumed: a connection
+# that half-died with an API server would otherwise hold a kind's cache still for minutes.
+SILENT_SECONDS = 75.0
 MAX_BACKOFF = 5.0
 
 
@@ -74,6 +78,8 @@ class Stream:
             except Gone:
                 log.info("watch of %s: version %s is gone; listing again", self.kind, self.version)
                 self.version = None
+            except ReadTimeoutError:
+                log.debug("watch of %s silent for %.0fs; resuming", self.kind, SILENT_SECONDS)
             except Exception as exc:  # the API server restarts, a connection drops: try again
                 if self.stopped.is_set():
                     return
@@ -90,7 +96,7 @@ class Stream:
             resp = self.api.call_api(
                 self.path, "GET", query_params=query, header_params={"Accept": "application/json"},
                 auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True,
-                _request_timeout=(5.0, WATCH_SECONDS + 30.0))
+                _request_timeout=(5.0, SILENT_SECONDS))
         except ApiException as exc:
             if exc.status == 410:
                 raise Gone from exc
