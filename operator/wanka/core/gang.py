@@ -287,8 +287,7 @@ class CandidateCache:
         key = self._key(req)
         if key is None:
             return None
-        self.candidates(snapshot, req, want_list=False)
-        verdicts = self._shapes[key][0]
+        verdicts, _ = self._current(snapshot, req, key)
         heap = self._heaps.get(key)
         if heap is None or len(heap) > 4 * len(verdicts) + 64:
             heap = self._heaps[key] = [(v[1], v[2]) for v in verdicts.values() if not isinstance(v, str)]
@@ -312,15 +311,18 @@ class CandidateCache:
             return None
         return key
 
-    def candidates(self, snapshot: Snapshot, req: GangRequest,
-                   want_list: bool = True) -> tuple[list[_Cand], _Skips]:
+    def candidates(self, snapshot: Snapshot, req: GangRequest) -> tuple[list[_Cand], _Skips]:
         key = self._key(req)
         if key is None:
             return _scan(snapshot, req)
-        try:
-            entry = self._shapes.pop(key, None)
-        except TypeError:
-            return _scan(snapshot, req)
+        verdicts, counts = self._current(snapshot, req, key)
+        skips = _Skips(**{k: v for k, v in counts.items() if v})
+        return [v for v in verdicts.values() if not isinstance(v, str)], skips
+
+    def _current(self, snapshot: Snapshot, req: GangRequest,
+                 key: Any) -> tuple[dict[str, _Cand | str], dict[str, int]]:
+        """The shape's per-node verdicts and skip counts, with the touched nodes read again."""
+        entry = self._shapes.pop(key, None)
         ctx = None
         if entry is None:
             ctx = _Ctx(snapshot, req)
@@ -351,10 +353,7 @@ class CandidateCache:
             oldest = next(iter(self._shapes))
             del self._shapes[oldest]
             self._heaps.pop(oldest, None)
-        if not want_list:
-            return [], _Skips()
-        skips = _Skips(**{k: v for k, v in counts.items() if v})
-        return [v for v in verdicts.values() if not isinstance(v, str)], skips
+        return verdicts, counts
 
 
 def _scan(snapshot: Snapshot, req: GangRequest) -> tuple[list[_Cand], _Skips]:
