@@ -53,6 +53,7 @@ from wanka.cluster.dev import node_manifest  # noqa: E402
 from wanka.cluster.devenv import install_crds, start_operator  # noqa: E402
 from wanka.cluster.kube import api_client, request_json  # noqa: E402
 from wanka.cluster.localcluster import BUILD_SCRIPT, LocalCluster, free_port  # noqa: E402
+from wanka.cluster.watch import events  # noqa: E402
 
 POOL = "scale"
 NS = "scale"
@@ -103,15 +104,11 @@ class Watch:
                                                     ("allowWatchBookmarks", "true"), ("timeoutSeconds", "300")],
                     header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
                     _preload_content=False, _return_http_data_only=True, _request_timeout=(5, 330))
-                for line in resp:
-                    for part in line.splitlines():
-                        if not part.strip():
-                            continue
-                        event = json.loads(part)
-                        obj = event.get("object") or {}
-                        self.version = str((obj.get("metadata") or {}).get("resourceVersion") or self.version)
-                        if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                            self._see(event["type"], obj)
+                for event in events(resp.stream(64 * 1024, decode_content=True)):
+                    obj = event.get("object") or {}
+                    self.version = str((obj.get("metadata") or {}).get("resourceVersion") or self.version)
+                    if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                        self._see(event["type"], obj)
             except Exception as exc:  # a dropped stream: resume from the last version seen
                 if not self.stopped:
                     log(f"watch {self.path} restarted: {type(exc).__name__}")

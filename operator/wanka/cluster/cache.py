@@ -68,8 +68,9 @@ class _Assumed:
 
 @dataclass
 class Store:
-    """Objects of one kind by (namespace, name). Watch handlers (kopf's executor threads) and
-    the reconcile loop (another thread) share it, so every access holds the lock."""
+    """Objects of one kind by (namespace, name). The watch streams (their own threads) and the
+    reconcile loop (another thread) share it, so every access holds the lock. What goes in is
+    leaned (`lean`) on the way: every entry point, watched, listed or assumed."""
 
     objects: dict[Key, dict[str, Any]] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -80,7 +81,7 @@ class Store:
 
     def upsert(self, body: Mapping[str, Any]) -> None:
         with self.lock:
-            self.objects[key_of(body)] = dict(body)
+            self.objects[key_of(body)] = lean(body)
             self.changes += 1
 
     def delete(self, body: Mapping[str, Any]) -> None:
@@ -131,7 +132,7 @@ class Store:
         """Take a full LIST, but keep any object a watch event brought in newer than it."""
         with self.lock:
             self.changes += 1
-            fresh = {key_of(b): b for b in bodies}
+            fresh = {key_of(b): lean(b) for b in bodies}
             for key, current in self.objects.items():
                 listed = fresh.get(key)
                 if listed is not None and version(current) > version(listed):
@@ -194,7 +195,7 @@ class FleetCache:
         return tuple(self.stores[k].changes for k in kinds)
 
     def observe(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """Apply one watch event (kopf passes type None for the initial listing)."""
+        """Apply one watch event (ADDED, MODIFIED or DELETED; any other type counts as a change)."""
         if self._lag is not None:
             self._lag.put(kind, event_type, body)
         else:
@@ -204,7 +205,7 @@ class FleetCache:
         if event_type == "DELETED":
             self.stores[kind].delete(body)
         else:
-            self.stores[kind].upsert(lean(body))
+            self.stores[kind].upsert(body)
         self.wake()
 
     def forget(self) -> None:
@@ -216,7 +217,7 @@ class FleetCache:
 
     def replace(self, kind: str, bodies: list[dict[str, Any]]) -> None:
         """Replace a whole store with a fresh LIST (start-up and periodic resync)."""
-        self.stores[kind].replace([lean(b) for b in bodies])
+        self.stores[kind].replace(bodies)
         self.wake()
 
     def subscribe(self) -> asyncio.Event:
@@ -229,7 +230,7 @@ class FleetCache:
         return event
 
     def wake(self) -> None:
-        """Thread-safe: watch handlers run in kopf's executor threads."""
+        """Thread-safe: the watch streams call it from their own threads."""
         for loop, event in self._waiters:
             if loop.is_closed() or event.is_set():
                 continue  # (set already: the loop has not taken the last wake-up yet)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from wanka.cluster.cache import FleetCache
 from wanka.cluster.fence import Fence, NotLeader, check
-from wanka.cluster.kube import request_json, writers
+from wanka.cluster.kube import request_json, side_by_side
 from wanka.cluster.pools import parse_spec
 from wanka.cluster.translate import labels
 from wanka.core.health import (
@@ -181,20 +181,7 @@ class HealthReconciler:
                 self._node_error(node, exc)
 
         # Each node's write is its own (a fleet that joins at once gets its records side by side).
-        changing = [n for n in nodes if n["metadata"]["name"] not in steady]
-        if len(changing) < 2:
-            for node in changing:
-                apply(node)
-            return
-        futures = [writers().submit(apply, node) for node in changing]
-        stop = None
-        for future in futures:
-            try:
-                future.result()
-            except NotLeader as exc:
-                stop = exc
-        if stop is not None:
-            raise stop
+        side_by_side(apply, [n for n in nodes if n["metadata"]["name"] not in steady])
 
     def _node_error(self, node: Mapping[str, Any], exc: Exception) -> None:
         """An error handling one node: an Event on it and a metric; the other nodes go on."""

@@ -40,7 +40,7 @@ from wanka.cluster.cache import FleetCache
 from wanka.cluster.cache import version as version_of
 from wanka.cluster.fence import NotLeader
 from wanka.cluster.jobio import FINALIZER, Conflict, JobIO
-from wanka.cluster.kube import writers
+from wanka.cluster.kube import side_by_side
 from wanka.cluster.ledger import ledger_allocations, placement_of
 from wanka.cluster.manifests import (
     ATTEMPT_LABEL,
@@ -107,7 +107,9 @@ QUIET_SECONDS = 60.0
 CYCLE_SECONDS = 10.0
 # The stores the job loop reads.
 INPUTS = ("trainingjobs", "pods", "nodes", "gpupools", "tenantqueues", "trainingjobprogresses", "namespaces")
-# A gang's own writes (pods, binds) go side by side from this many members on.
+# A gang's own writes (pods, binds) go side by side, on the "gang" threads (a job's worker
+# waits on them, so never on its own pool), from this many members on: smaller gangs go one by
+# one, as the pass already runs WRITERS jobs at once.
 FAN_OUT_FROM = 8
 
 
@@ -516,7 +518,7 @@ class JobReconciler:
             except Exception as exc:  # one job's trouble must never stall the others
                 self._isolate(job, exc)
         # Each job's plan is its own: carry them out side by side (bounded), each isolated.
-        outcomes = self._concurrently(lambda item: self._carry_out(item[0], item[2], pools, nodes, now), work)
+        outcomes = side_by_side(lambda item: self._carry_out(item[0], item[2], pools, nodes, now), work)
         pending: dict[str, list[Job]] = {}
         for (job, reads, _), (settled, wants) in zip(work, outcomes, strict=True):
             if settled:
@@ -552,7 +554,7 @@ class JobReconciler:
             # A new job's Queued status that no decision wrote (its pool failed, or it was not
             # offered): written now, so it never waits unseen.
             held = [j for js in pending.values() for j in js if j.stored is not None]
-            self._concurrently(lambda j: self._write(j, j.status), held)
+            side_by_side(lambda j: self._write(j, j.status), held)
         self._queue_statuses(jobs, queues, pools)
         # What this pass leaves, to tell the next one whether anything happened in between.
         after = self.cache.changes(*INPUTS)
@@ -590,23 +592,6 @@ class JobReconciler:
         except Exception as exc:  # one job's trouble must never stall the others
             self._isolate(job, exc)
             return False, False
-
-    def _concurrently(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-        """`fn` over `items` on up to WRITERS threads, results in order. NotLeader anywhere
-        stops the pass once every started call has returned (fn isolates all else)."""
-        if len(items) <= 1:
-            return [fn(item) for item in items]
-        futures = [writers().submit(fn, item) for item in items]
-        results, stop = [], None
-        for future in futures:
-            try:
-                results.append(future.result())
-            except NotLeader as exc:
-                stop = exc
-                results.append(None)
-        if stop is not None:
-            raise stop
-        return results
 
     @staticmethod
     def _settled(job: Job, plan: lifecycle.Plan) -> bool:
@@ -702,7 +687,7 @@ class JobReconciler:
         if missing and not pods:
             owned = ((checkpoint_objects(job.raw) if reports(spec) else [])
                      + ([service_manifest(job.raw)] if world > 1 else []))
-            self._fan_out(self.io.ensure, owned)
+            side_by_side(self.io.ensure, owned, "gang", FAN_OUT_FROM)
         mem = int((spec.resources.gpu_memory_gi_b or 0) * 1024)
         placed_by_replica = {p.replica: p for p in job.status.placement}
         manifests = []
@@ -735,7 +720,7 @@ class JobReconciler:
                 return replica, manifest, None, exc
 
         refused = None
-        for replica, manifest, created, problem in self._fan_out(create, manifests):
+        for replica, manifest, created, problem in side_by_side(create, manifests, "gang", FAN_OUT_FROM):
             if problem is not None:
                 refused = refused or (manifest, problem)
                 continue
@@ -768,24 +753,10 @@ class JobReconciler:
             failpoints.hit("after-bind")
             return None
 
-        problems = [p for p in self._fan_out(bind, unbound) if p is not None]
+        problems = [p for p in side_by_side(bind, unbound, "gang", FAN_OUT_FROM) if p is not None]
         if problems:
             self._apply(job, lifecycle.bind_failed(job.facts(), [pod_facts(p) for p in job.pods],
                                                    self.clock(), problems[0]))
-
-    def _fan_out(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-        """One gang's independent writes side by side (its own small pool: a gang's worker
-        waits on these, so they never share the pass's pool). The first error is raised once
-        all have returned. A small gang's writes go one by one: the pass already runs WRITERS
-        jobs at once, and threads would buy a few milliseconds at most."""
-        if len(items) < FAN_OUT_FROM:
-            return [fn(item) for item in items]
-        futures = [writers("gang").submit(fn, item) for item in items]
-        errors = [f.exception() for f in futures]
-        first = next((e for e in errors if e is not None), None)
-        if first is not None:
-            raise first
-        return [f.result() for f in futures]
 
     def _transition(
         self, job: Job, status: TrainingJobStatus, phase: str, cond: str, cstatus: str,
@@ -878,7 +849,7 @@ class JobReconciler:
 
         # A preemptor records its victims before any of them is stopped: a crash in between
         # leaves a nomination the next pass carries out, never victims without a preemptor.
-        nominated = {owner for owner in self._concurrently(decide, list(decisions)) if owner}
+        nominated = {owner for owner in side_by_side(decide, list(decisions)) if owner}
         for preemptor in sorted(nominated):
             for decision in victims[preemptor]:
                 victim = by_key.get(decision.owner)

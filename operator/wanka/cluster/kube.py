@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -33,6 +34,20 @@ def writers(name: str = "writer") -> ThreadPoolExecutor:
         if name not in _WRITERS:
             _WRITERS[name] = ThreadPoolExecutor(WRITERS, thread_name_prefix=f"wanka-{name}")
         return _WRITERS[name]
+
+
+def side_by_side(fn: Callable[[Any], Any], items: Sequence[Any], pool: str = "writer",
+                 at_least: int = 2) -> list[Any]:
+    """`fn` over `items` on the `pool` writer threads, results in order; fewer than `at_least`
+    items run here, one by one. Once every call has returned, the first error is raised (so a
+    NotLeader stops the caller only after the writes already under way are done)."""
+    if len(items) < at_least:
+        return [fn(item) for item in items]
+    futures = [writers(pool).submit(fn, item) for item in items]
+    first = next((e for e in (f.exception() for f in futures) if e is not None), None)
+    if first is not None:
+        raise first
+    return [f.result() for f in futures]
 
 
 class DeadlineApiClient(client.ApiClient):  # type: ignore[misc]  # the client is untyped

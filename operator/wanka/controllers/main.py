@@ -15,7 +15,6 @@ import kopf
 from prometheus_client import start_http_server
 
 from wanka import __version__
-from wanka.api.common import GROUP
 from wanka.cluster.cache import KINDS, FleetCache
 from wanka.cluster.fence import NotLeader
 from wanka.cluster.health import ApiNodePatcher, HealthReconciler
@@ -100,13 +99,9 @@ def operator_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.on.startup()
 async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # kopf handles no resource (our streams watch): its watching and persistence settings
+    # have nothing to act on, so none are set here.
     settings.posting.level = logging.WARNING
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
-    settings.watching.server_timeout = 270
-    settings.watching.client_timeout = 300
     api = api_client(os.environ.get("KUBECONFIG"))
     # Every replica watches (a standby keeps its cache warm); only the leader acts.
     watches = RUNTIME.watches = Watches(api, RUNTIME.cache).start()
