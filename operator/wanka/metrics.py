@@ -106,6 +106,7 @@ class PoolCollector(Collector):
             for health, count in (
                 ("healthy", s.nodes_healthy), ("sick", s.nodes_sick),
                 ("recovering", s.nodes_recovering), ("quarantined", s.nodes_quarantined),
+                ("onboarding", s.nodes_onboarding),
             ):
                 nodes.add_metric([name, health], float(count))
             for use, count in (("idle", max(0, s.devices_idle)), ("shared", s.devices_shared),

@@ -21,7 +21,9 @@ class Fleet:
 def make_fleet(
     cluster: Cluster, namespace: str, nodes: int = 16, gpus: int = 8, racks: int = 2,
     quota: float = 10_000, sharing: dict[str, Any] | None = None,
+    pool_spec: dict[str, Any] | None = None,
 ) -> Fleet:
+    """`pool_spec`: more fields of the GPUPool's spec (onboarding, remediation, ...)."""
     tag = uuid.uuid4().hex[:6]
     names = create_nodes(cluster.api, nodes, gpus, "H100-80GB", racks, prefix=f"j{tag}",
                          labels={"wanka.io/pool": tag})
@@ -31,6 +33,7 @@ def make_fleet(
                             "health": {"recoveryStableSeconds": 2}}
     if sharing:
         spec["sharing"] = sharing
+    spec.update(pool_spec or {})
     cluster.create("gpupools", {"apiVersion": "wanka.io/v1alpha1", "kind": "GPUPool",
                                 "metadata": {"name": pool}, "spec": spec})
     queue = f"q-{tag}"

@@ -620,6 +620,7 @@ def test_summarize_counts_states() -> None:
         "sick": 1,
         "recovering": 0,
         "quarantined": 1,
+        "onboarding": 0,
     }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -160,6 +160,80 @@ class HealthPolicy(WankaModel):
     )
 
 
+class Onboarding(WankaModel):
+    """Burn-in of nodes before they take work: new nodes, nodes back from quarantine or a long
+    NotReady, and (optionally) nodes idle past a revalidation interval."""
+
+    template: dict[str, Any] | None = Field(
+        default=None,
+        description="Pod template (metadata and spec) of the burn-in pod. Unset: the operator's "
+        "agent image runs `wanka agent burn-in` (NVML health, ECC, row remapping, XIDs, and DCGM "
+        "diagnostics when dcgmi is present). Wanka pins it to the node, tolerates the onboarding "
+        "taint, sets restartPolicy Never and the deadline, and gives the first container all the "
+        "node's devices unless it asks for some.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    timeout_seconds: int = Field(
+        default=900, ge=30, le=86400,
+        description="A burn-in not finished this long after its pod was created has failed.",
+    )
+    retries: int = Field(
+        default=1, ge=0, le=10,
+        description="Further attempts after a failed burn-in before the node is quarantined "
+        "(reason PreflightFailed).",
+    )
+    revalidate_idle_after_seconds: int = Field(
+        default=0, ge=0, le=31_536_000,
+        description="Re-check a node idle this long after its last burn-in (0: never).",
+    )
+    return_after_not_ready_seconds: int = Field(
+        default=600, ge=0, le=31_536_000,
+        description="A node NotReady at least this long is checked again when it returns.",
+    )
+
+
+RemediationAction = Literal["reset", "reboot", "replace"]
+
+
+class RemediationObject(WankaModel):
+    """The object a remediation controller acts on, created per node (named after it)."""
+
+    api_version: str = Field(
+        max_length=253, pattern=r"^([a-z0-9.-]+/)?v[0-9a-z]+$",
+        description="e.g. self-node-remediation.medik8s.io/v1alpha1.",
+    )
+    kind: str = Field(max_length=63, pattern=r"^[A-Z][A-Za-z0-9]*$",
+                      description="e.g. SelfNodeRemediation.")
+    namespace: str | None = Field(
+        default=None, max_length=63,
+        description="Namespace of the object; unset for a cluster-scoped kind.",
+    )
+    spec: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The object's spec, as the remediation controller expects it.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+def _default_create_for() -> list[RemediationAction]:
+    return ["reboot", "replace"]
+
+
+class Remediation(WankaModel):
+    """What Wanka does for a node it recommends an action for (quarantine, fatal fault)."""
+
+    create_for: list[RemediationAction] = Field(
+        default_factory=_default_create_for,
+        max_length=3,
+        description="Recommended actions for which the object is created.",
+    )
+    object: RemediationObject | None = Field(
+        default=None,
+        description="Create this object for the node (unset: only the wanka.io/remediation "
+        "annotation is written). It is deleted once the node is healthy again.",
+    )
+
+
 # A pool may relax these; ServiceAccount is relaxed per name by a TenantQueue instead.
 POOL_RELAXABLE = POD_POLICY_RULES[:-1]
 PoolRule = Literal[
@@ -193,6 +267,13 @@ class GPUPoolSpec(WankaModel):
     pod_policy: PodPolicy = Field(
         default_factory=PodPolicy, description="Pod-template rules relaxed for this pool's jobs."
     )
+    onboarding: Onboarding | None = Field(
+        default=None,
+        description="Burn-in before nodes take work (unset: nodes take work at once).",
+    )
+    remediation: Remediation = Field(
+        default_factory=Remediation, description="Remediation hooks for nodes that need service."
+    )
 
 
 class NodeCounts(WankaModel):
@@ -202,7 +283,12 @@ class NodeCounts(WankaModel):
     healthy: int = Field(default=0, ge=0, description="Ready and not tainted unhealthy.")
     sick: int = Field(default=0, ge=0, description="Failing a health signal now.")
     recovering: int = Field(default=0, ge=0, description="Healthy again, waiting out the window.")
-    quarantined: int = Field(default=0, ge=0, description="Flapped too often; needs a person.")
+    quarantined: int = Field(
+        default=0, ge=0, description="Flapped too often or failed its burn-in; needs a person."
+    )
+    onboarding: int = Field(
+        default=0, ge=0, description="Waiting for or running their burn-in (spec.onboarding)."
+    )
 
 
 class GPUCounts(WankaModel):

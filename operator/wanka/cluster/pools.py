@@ -140,6 +140,7 @@ def status_from_summary(
             sick=summary.nodes_sick,
             recovering=summary.nodes_recovering,
             quarantined=summary.nodes_quarantined,
+            onboarding=summary.nodes_onboarding,
         ),
         gpus=GPUCounts(
             total=summary.gpus_total,

@@ -29,6 +29,7 @@ GPU_MEMORY_ANNOTATION = "wanka.io/gpu-memory-mib"
 GPU_HEALTH_ANNOTATION = "wanka.io/gpu-health"  # written by the agent: {"3": {"healthy": false}}
 HEALTH_ANNOTATION = "wanka.io/health"  # the operator's health record: {"state": "Sick", ...}
 UNHEALTHY_TAINT = "wanka.io/unhealthy"
+ONBOARDING_TAINT = "wanka.io/onboarding"  # NoSchedule while the node's burn-in runs
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 # Node status is written by kubelets and device plugins, not by us: a node claiming more
 # devices than any server holds is counted as this many, never allocated one object each.
@@ -102,12 +103,13 @@ def has_taint(node: Mapping[str, Any], key: str) -> bool:
 
 
 def node_taints(node: Mapping[str, Any]) -> tuple[Taint, ...]:
-    """The node's taints a request may tolerate: all but Wanka's own `wanka.io/unhealthy`,
-    which makes the node unschedulable for everyone. Malformed entries are left out."""
+    """The node's taints a request may tolerate: all but Wanka's own `wanka.io/unhealthy` and
+    `wanka.io/onboarding`, which make the node unschedulable for everyone. Malformed entries
+    are left out."""
     out = []
     for taint in map(_mapping, _items(_mapping(node.get("spec")).get("taints"))):
         key, value, effect = taint.get("key"), taint.get("value") or "", taint.get("effect")
-        if key == UNHEALTHY_TAINT or not isinstance(key, str) or not isinstance(value, str):
+        if key in (UNHEALTHY_TAINT, ONBOARDING_TAINT) or not isinstance(key, str) or not isinstance(value, str):
             continue
         if effect in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
             out.append(Taint(key, value, effect))
@@ -183,6 +185,7 @@ def build_node(node: Mapping[str, Any], spec: GPUPoolSpec, levels: tuple[str, ..
         node_ready(node)
         and not (node.get("spec") or {}).get("unschedulable")
         and not has_taint(node, UNHEALTHY_TAINT)
+        and not has_taint(node, ONBOARDING_TAINT)
         and state == "Healthy"
     )
     return Node(

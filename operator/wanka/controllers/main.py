@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 from wanka import __version__
 from wanka.cluster.cache import KINDS, FleetCache
 from wanka.cluster.fence import NotLeader
-from wanka.cluster.health import ApiNodePatcher, HealthReconciler
+from wanka.cluster.health import ApiNodePatcher, ApiObjectWriter, HealthReconciler
 from wanka.cluster.jobio import JobIO
 from wanka.cluster.jobs import JobReconciler
 from wanka.cluster.kube import KUBECONFIG_HELP, api_client, connection_settings, list_all
@@ -112,7 +112,8 @@ async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     events = EventRecorder(api, fence=fence)
 
     def reconcilers() -> tuple[HealthReconciler, JobReconciler, PoolReconciler]:
-        health = HealthReconciler(RUNTIME.cache, ApiNodePatcher(api, fence), events)
+        health = HealthReconciler(RUNTIME.cache, ApiNodePatcher(api, fence), events,
+                                  objects=ApiObjectWriter(api, fence))
         pools = PoolReconciler(
             RUNTIME.cache,
             StatusWriter(api, fence),

@@ -26,6 +26,7 @@ class PoolSummary:
     nodes_sick: int = 0
     nodes_recovering: int = 0
     nodes_quarantined: int = 0
+    nodes_onboarding: int = 0
     gpus_total: int = 0
     gpus_allocatable: int = 0
     gpus_allocated: float = 0.0
@@ -90,6 +91,7 @@ def summarize(snapshot: Snapshot, stranded_milli: int = 0) -> PoolSummary:
         nodes_sick=len(sick),
         nodes_recovering=sum(1 for h in health.values() if h == "Recovering"),
         nodes_quarantined=sum(1 for h in health.values() if h == "Quarantined"),
+        nodes_onboarding=sum(1 for h in health.values() if h == "Onboarding"),
         gpus_total=total,
         gpus_allocatable=allocatable,
         gpus_allocated=_gpu(allocated),

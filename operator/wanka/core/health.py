@@ -11,6 +11,12 @@ States, per node and per device::
                         +--------fault-----------+
     any sick transition beyond flapLimit within flapWindowSeconds --> Quarantined
     Quarantined --wanka.io/quarantine-clear newer than the quarantine--> Healthy (or Sick)
+
+With onboarding (`GPUPool.spec.onboarding`), a node must pass a burn-in before it takes work::
+
+    new node, quarantine cleared, back after a long NotReady, idle past revalidation
+        --> Onboarding --burn-in passed--> Healthy
+                       --failed more than `retries` times, or timed out--> Quarantined (PreflightFailed)
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from typing import Any, Literal
 from wanka.core.snapshot import HealthState
 
 TAINT_KEY = "wanka.io/unhealthy"
+ONBOARDING_TAINT_KEY = "wanka.io/onboarding"  # NoSchedule while a node's burn-in runs
+REMEDIATION_ANNOTATION = "wanka.io/remediation"  # reset | reboot | replace, for people and tools
 HEALTH_ANNOTATION = "wanka.io/health"  # the operator's HealthRecord, JSON
 GPU_HEALTH_ANNOTATION = "wanka.io/gpu-health"  # the agent's per-device health, JSON
 QUARANTINE_CLEAR_ANNOTATION = "wanka.io/quarantine-clear"  # an RFC 3339 time set by a person
@@ -36,6 +44,7 @@ GUARD_CONDITION = "HealthGuardTripped"  # the pool condition the guard explains 
 AGENT_SILENT = "AgentSilent"
 NODE_NOT_READY = "NodeNotReady"
 QUARANTINED = "Quarantined"
+PREFLIGHT_FAILED = "PreflightFailed"
 
 MAX_MESSAGE = 256  # keeps annotations and events small however chatty a probe is
 
@@ -46,6 +55,12 @@ HEALTHY: HealthState = "Healthy"
 SICK: HealthState = "Sick"
 RECOVERING: HealthState = "Recovering"
 QUARANTINE: HealthState = "Quarantined"
+ONBOARDING: HealthState = "Onboarding"
+
+Remediation = Literal["reset", "reboot", "replace"]
+# How long a burn-in pod that never reports an end may take beyond its own deadline (a dead
+# kubelet never fails it) before the operator counts the attempt as timed out.
+BURN_IN_MARGIN_SECONDS = 60
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,6 +77,33 @@ class ConditionRule:
 
 
 @dataclass(frozen=True, slots=True)
+class OnboardingPolicy:
+    """A pool's `spec.onboarding`: nodes pass a burn-in before they take work."""
+
+    timeout_seconds: int = 900
+    retries: int = 1  # further attempts after a failed one before the node is quarantined
+    revalidate_idle_after_seconds: int = 0  # 0: never re-check an idle node
+    return_after_not_ready_seconds: int = 600  # NotReady at least this long: re-check on return
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any] | None) -> OnboardingPolicy | None:
+        """None when the pool has no `spec.onboarding` (onboarding is off)."""
+        if spec is None:
+            return None
+        d = cls()
+        return cls(
+            timeout_seconds=int(spec.get("timeoutSeconds", d.timeout_seconds)),
+            retries=int(spec.get("retries", d.retries)),
+            revalidate_idle_after_seconds=int(
+                spec.get("revalidateIdleAfterSeconds", d.revalidate_idle_after_seconds)
+            ),
+            return_after_not_ready_seconds=int(
+                spec.get("returnAfterNotReadySeconds", d.return_after_not_ready_seconds)
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class HealthPolicy:
     """A pool's `spec.health`, in plain values; `from_spec` reads the camelCase mapping."""
 
@@ -73,10 +115,14 @@ class HealthPolicy:
     max_unhealthy_percent: float = 20.0
     # Not in the pool API yet: how old the agent's heartbeat may get before it counts as silent.
     agent_silent_seconds: int = 300
+    onboarding: OnboardingPolicy | None = None  # the pool's spec.onboarding; None: off
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any] | None) -> HealthPolicy:
-        """Build a policy from a pool's `spec.health` (camelCase keys, all optional)."""
+    def from_spec(
+        cls, spec: Mapping[str, Any] | None, onboarding: Mapping[str, Any] | None = None
+    ) -> HealthPolicy:
+        """Build a policy from a pool's `spec.health` (camelCase keys, all optional) and its
+        `spec.onboarding` (None: onboarding off)."""
         spec = spec or {}
         default = cls()
         rules = spec.get("unhealthyConditions")
@@ -94,6 +140,7 @@ class HealthPolicy:
                 spec.get("maxUnhealthyPercent", default.max_unhealthy_percent)
             ),
             agent_silent_seconds=int(spec.get("agentSilentSeconds", default.agent_silent_seconds)),
+            onboarding=OnboardingPolicy.from_spec(onboarding),
         )
 
 
@@ -117,6 +164,17 @@ class DeviceFault:
 
 
 @dataclass(frozen=True, slots=True)
+class BurnIn:
+    """A node's burn-in pod as the cluster shows it."""
+
+    number: int  # the record's `burn_ins` count when the pod was asked for: its name's suffix
+    phase: str = "Pending"  # Pending, Running, Succeeded, Failed
+    created: float = 0.0
+    message: str = ""  # the container's termination message (or reason) when it ended
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NodeObservation:
     """What the operator sees on a Node now; `observe_node` builds it from the raw object."""
 
@@ -126,6 +184,9 @@ class NodeObservation:
     # Epoch seconds of the GPUHealthy condition's lastHeartbeatTime; None: no agent on the node,
     # which is not a fault (pools may run without the agent, e.g. kwok nodes).
     agent_heartbeat: float | None = None
+    # GPU work is bound or reserved on the node (any scheduler's pods, Wanka's reservations).
+    busy: bool = False
+    burn_in: BurnIn | None = None  # the node's newest burn-in pod, if any
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,6 +216,17 @@ class HealthRecord:
     clear_seen: str = ""  # the last quarantine-clear value acted on, so each is used once
     # Only devices with something to remember (not Healthy, or with flap history).
     devices: Mapping[int, DeviceRecord] = field(default_factory=dict)
+    # Onboarding: why a burn-in is due ("" none), attempts in this round, burn-in pods ever
+    # asked for (names them), when the current attempt began, when the node last passed.
+    onboard: str = ""
+    tries: int = 0
+    burn_ins: int = 0
+    checked: int = 0
+    validated: int = 0
+    # Reliability: sick transitions of the node since `watched` (when the record began), from
+    # which the pool's interruption rate (and checkpoint advice) is computed.
+    faults: int = 0
+    watched: int = 0
 
     def to_json(self) -> str:
         """A small, stable JSON string (defaults omitted) for the wanka.io/health annotation."""
@@ -171,6 +243,12 @@ class HealthRecord:
             out["devices"] = {
                 str(i): _device_record_json(d) for i, d in sorted(self.devices.items())
             }
+        for key, value in (("onboard", self.onboard), ("tries", self.tries),
+                           ("burnIns", self.burn_ins), ("checked", self.checked),
+                           ("validated", self.validated), ("faults", self.faults),
+                           ("watched", self.watched)):
+            if value:
+                out[key] = value
         return json.dumps(out, separators=(",", ":"), sort_keys=True)
 
     @classmethod
@@ -197,6 +275,13 @@ class HealthRecord:
                 flaps=tuple(int(t) for t in raw.get("flaps", ())),
                 clear_seen=str(raw.get("clearSeen", "")),
                 devices=devices,
+                onboard=str(raw.get("onboard", "")),
+                tries=int(raw.get("tries", 0)),
+                burn_ins=int(raw.get("burnIns", 0)),
+                checked=int(raw.get("checked", 0)),
+                validated=int(raw.get("validated", 0)),
+                faults=int(raw.get("faults", 0)),
+                watched=int(raw.get("watched", 0)),
             )
         except (ValueError, TypeError, AttributeError, KeyError):
             # A hand-edited or truncated annotation must not wedge the operator.
@@ -219,6 +304,8 @@ def _state(value: object) -> HealthState:
         return RECOVERING
     if value == QUARANTINE:
         return QUARANTINE
+    if value == ONBOARDING:
+        return ONBOARDING
     return HEALTHY
 
 
@@ -253,6 +340,11 @@ class HealthDecision:
     taint: Taint | None
     events: tuple[HealthEvent, ...]
     excluded_devices: frozenset[int]
+    # Onboarding: carry the `wanka.io/onboarding` NoSchedule taint; the burn-in pod (by number)
+    # that should exist now (0: none to create).
+    onboarding: bool = False
+    burn_in: int = 0
+    remediation: Remediation | None = None  # the action recommended for the node, if any
 
     @property
     def state(self) -> HealthState:
@@ -279,12 +371,15 @@ def step(
 ) -> HealthDecision:
     """Advance a node's health record by one observation.
 
+    `previous` is None for a node the operator has never recorded (a new node).
     Idempotent: feeding the returned record back with the same observation and time returns
     the same record and no events, because events are emitted only on transitions.
     """
+    first_sight = previous is None
     prev = previous or HealthRecord()
     t = math.floor(now)
     events: list[HealthEvent] = []
+    onb = policy.onboarding
 
     clear_time, clear_seen = _read_clear(prev, observation.quarantine_clear, events)
 
@@ -304,11 +399,19 @@ def step(
 
     state, since, flaps = prev.state, prev.since, _prune(prev.flaps, t, policy)
     reason = prev.reason
+    onboard = prev.onboard if onb is not None else ""
+    node_faults = prev.faults
+    if state == ONBOARDING and onb is None:
+        state, since, reason = HEALTHY, t, ""  # the pool turned onboarding off
+        events.append(_event("Normal", "OnboardingOff", "the pool no longer onboards nodes"))
     if clear_time is not None and state == QUARANTINE and prev.since <= clear_time:
         flaps = ()
+        if onb is not None:
+            onboard = "Returned"  # a person vouched for it; the burn-in checks it again
         if primary is None:
             state, since, reason = HEALTHY, t, ""
-            events.append(_event("Normal", "QuarantineCleared", "node released from quarantine"))
+            events.append(_event("Normal", "QuarantineCleared", "node released from quarantine"
+                                 + ("; burn-in before it takes work" if onboard else "")))
         else:
             state, since = SICK, t
             events.append(
@@ -321,8 +424,9 @@ def step(
             events.append(_sick_event(primary, signals, fatal))
             reason = primary.reason
     elif primary is not None:
-        if state in (HEALTHY, RECOVERING):
+        if state in (HEALTHY, RECOVERING, ONBOARDING):
             flaps = (*flaps, t)
+            node_faults += 1
             if len(flaps) > policy.flap_limit:
                 state, since = QUARANTINE, t
                 events.append(
@@ -343,17 +447,27 @@ def step(
     else:
         fatal = False
         if state == SICK:
-            # Records keep whole seconds: start the window at the next one and compare with
-            # the real clock, so the stable window is never shorter than the policy says.
-            state, since = RECOVERING, math.ceil(now)
-            events.append(
-                _event(
-                    "Normal",
-                    "NodeRecovering",
-                    f"{prev.reason} cleared; keeping the taint until healthy for "
-                    f"{policy.recovery_stable_seconds}s",
+            if onb is not None and prev.reason == NODE_NOT_READY and (
+                now - prev.since >= onb.return_after_not_ready_seconds
+            ):
+                onboard = onboard or "Returned"
+            if onboard or (onb is not None and not prev.validated):
+                # The burn-in is a stronger check than waiting out the stable window.
+                state, since, reason = HEALTHY, t, ""
+                events.append(_event("Normal", "NodeRecovering",
+                                     f"{prev.reason} cleared; burn-in before it takes work"))
+            else:
+                # Records keep whole seconds: start the window at the next one and compare
+                # with the real clock, so the window is never shorter than the policy says.
+                state, since = RECOVERING, math.ceil(now)
+                events.append(
+                    _event(
+                        "Normal",
+                        "NodeRecovering",
+                        f"{prev.reason} cleared; keeping the taint until healthy for "
+                        f"{policy.recovery_stable_seconds}s",
+                    )
                 )
-            )
         if state == RECOVERING and now - since >= policy.recovery_stable_seconds:
             state, since = HEALTHY, t
             events.append(
@@ -373,14 +487,131 @@ def step(
         flaps=flaps,
         clear_seen=clear_seen,
         devices=devices,
+        onboard=onboard,
+        tries=prev.tries if state == ONBOARDING else 0,
+        burn_ins=prev.burn_ins,
+        checked=prev.checked if state == ONBOARDING else 0,
+        validated=prev.validated,
+        faults=node_faults,
+        watched=prev.watched or t,
     )
+    burn_in = 0
+    if onb is not None and state in (HEALTHY, ONBOARDING):
+        record, burn_in = _onboard(record, observation, onb, first_sight, t, now, events)
     excluded = frozenset(i for i, d in devices.items() if d.state != HEALTHY)
     return HealthDecision(
         record=record,
         taint=_taint(record),
         events=tuple(events),
         excluded_devices=excluded,
+        onboarding=record.state == ONBOARDING,
+        burn_in=burn_in,
+        remediation=remediation(record),
     )
+
+
+_ONBOARD_WHY = {
+    "NewNode": "new node",
+    "NotValidated": "never validated",
+    "Returned": "returned to service",
+    "Revalidate": "idle past its revalidation interval",
+}
+
+
+def _onboard(
+    rec: HealthRecord,
+    obs: NodeObservation,
+    onb: OnboardingPolicy,
+    first_sight: bool,
+    t: int,
+    now: float,
+    events: list[HealthEvent],
+) -> tuple[HealthRecord, int]:
+    """Onboarding of a fault-free node: start it, run its burn-in attempts, judge them.
+
+    Returns the record and the burn-in pod (by number) that should exist now (0: none).
+    """
+    if rec.state == HEALTHY and not rec.onboard:
+        if not rec.validated:
+            if obs.busy:
+                # It already runs GPU work (onboarding was turned on for a pool in service):
+                # burning it in would mean draining it, so it counts as validated in service
+                # and is checked when it is next idle past the revalidation interval.
+                return replace(rec, validated=t), 0
+            rec = replace(rec, onboard="NewNode" if first_sight else "NotValidated")
+        elif (onb.revalidate_idle_after_seconds and not obs.busy
+              and t - rec.validated >= onb.revalidate_idle_after_seconds):
+            rec = replace(rec, onboard="Revalidate")
+        else:
+            return rec, 0
+    if rec.state == HEALTHY:
+        rec = replace(rec, state=ONBOARDING, since=t, reason=rec.onboard, tries=0, checked=0)
+        events.append(_event("Normal", "Onboarding",
+                             f"{_ONBOARD_WHY.get(rec.onboard, rec.onboard)}: tainted "
+                             f"{ONBOARDING_TAINT_KEY}:NoSchedule until a burn-in passes"))
+    if rec.tries == 0:
+        if obs.busy:
+            return rec, 0  # its GPUs are in use: the burn-in waits for them (nothing new lands)
+        rec = replace(rec, tries=1, burn_ins=rec.burn_ins + 1, checked=t)
+        return rec, rec.burn_ins
+    result = obs.burn_in if obs.burn_in is not None and obs.burn_in.number == rec.burn_ins else None
+    failure = ""
+    if result is not None and result.phase == "Succeeded":
+        events.append(_event("Normal", "BurnInPassed",
+                             f"burn-in {rec.burn_ins} passed; the node takes work"))
+        return replace(rec, state=HEALTHY, since=t, reason="", onboard="", tries=0, checked=0,
+                       validated=t), 0
+    if result is not None and result.phase == "Failed":
+        failure = result.message.strip() or (
+            f"exit code {result.exit_code}" if result.exit_code is not None else "failed")
+    else:
+        started = result.created if result is not None and result.created else float(rec.checked)
+        if now - started > onb.timeout_seconds + (0 if result is not None else BURN_IN_MARGIN_SECONDS):
+            failure = f"did not finish within {onb.timeout_seconds}s"
+    if not failure:
+        return rec, rec.burn_ins
+    attempts = onb.retries + 1
+    if rec.tries < attempts:
+        events.append(_event("Warning", "BurnInFailed",
+                             f"burn-in attempt {rec.tries} of {attempts} failed: {failure}; retrying"))
+        rec = replace(rec, tries=rec.tries + 1, burn_ins=rec.burn_ins + 1, checked=t)
+        return rec, rec.burn_ins
+    events.append(_event("Warning", PREFLIGHT_FAILED,
+                         f"burn-in failed {attempts} time(s), last: {failure}; quarantined; "
+                         f"{_clear_hint()}"))
+    return replace(rec, state=QUARANTINE, since=t, reason=PREFLIGHT_FAILED, onboard="", tries=0,
+                   checked=0, faults=rec.faults + 1), 0
+
+
+# Recommended actions per fault reason (NVIDIA's XID catalog and DCGM guidance, condensed):
+# a GPU reset clears most ECC and NVLink faults; a GPU that fell off the bus or was lost needs
+# the node rebooted; a failed row remap or repeated faults mean the hardware must be replaced.
+REMEDIATION_BY_REASON: Mapping[str, Remediation] = {
+    "XID31": "reset", "XID43": "reset", "XID45": "reset", "XID48": "reset", "XID61": "reset",
+    "XID62": "reset", "XID63": "reset", "XID74": "reset", "XID92": "reset", "XID94": "reset",
+    "XID95": "reset",
+    "XID64": "replace",
+    "XID79": "reboot", "XID119": "reboot", "XID120": "reboot", "GPULost": "reboot",
+    "DeviceMissing": "reboot", "NVMLInitFailed": "reboot", NODE_NOT_READY: "reboot",
+    PREFLIGHT_FAILED: "replace",
+}
+_SEVERITY: Mapping[str, int] = {"reset": 1, "reboot": 2, "replace": 3}
+
+
+def remediation(record: HealthRecord) -> Remediation | None:
+    """The action recommended for a node, the strongest that applies: a quarantined node is a
+    repeat offender (it flapped, or failed its burn-in): replace; a node sick with a fatal fault:
+    by its reason (reboot when unknown); a quarantined device: reset."""
+    actions: list[Remediation] = []
+    if record.state == QUARANTINE:
+        actions.append("replace")
+    elif record.state == SICK and record.fatal:
+        actions.append(REMEDIATION_BY_REASON.get(record.reason, "reboot"))
+    if any(d.state == QUARANTINE for d in record.devices.values()):
+        actions.append("reset")
+    if not actions:
+        return None
+    return sorted(actions, key=lambda a: _SEVERITY[a])[-1]
 
 
 def _advance_device(
@@ -780,4 +1011,5 @@ def summarize(records: Iterable[HealthRecord]) -> dict[str, int]:
         "sick": counts[SICK],
         "recovering": counts[RECOVERING],
         "quarantined": counts[QUARANTINE],
+        "onboarding": counts[ONBOARDING],
     }

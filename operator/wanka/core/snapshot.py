@@ -21,7 +21,7 @@ from wanka.units import mig_share_milli
 if TYPE_CHECKING:
     from wanka.core.gang import CandidateCache
 
-HealthState = Literal["Healthy", "Sick", "Recovering", "Quarantined"]
+HealthState = Literal["Healthy", "Sick", "Recovering", "Quarantined", "Onboarding"]
 
 
 class OverAllocation(ValueError):
