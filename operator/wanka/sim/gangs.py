@@ -6,6 +6,11 @@ racks. Jobs arrive as a Poisson stream with a size mix from notebooks (a quarter
 64-node pre-training gangs, run for log-normal durations, fail at a configurable rate (the
 gang restarts from its last checkpoint and queues again at the front) and are scheduled by
 `wanka.core.queueing.schedule`, so the policy comparison is a comparison of the operator.
+
+With --ettr it instead follows one long training job on the fleet's 8-GPU nodes through faults
+at published rates, detection, restart and checkpoints (fixed or advised by
+`wanka.core.advice`), with and without onboarding burn-in, and reports its ETTR: useful
+training time over wall time (docs/simulator.md, "Fleet ETTR").
 """
 
 from __future__ import annotations
@@ -16,13 +21,23 @@ import heapq
 import json
 import math
 import random
+import statistics
 import sys
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from wanka.argparsing import Parser
+from wanka.core.advice import (
+    LLAMA3_HARDWARE_SHARE,
+    LLAMA3_RATE_PER_GPU_HOUR,
+    LLAMA3_RATE_PER_NODE_HOUR,
+    PRIOR_NODE_HOURS,
+    advise,
+    interruption_rate,
+)
 from wanka.core.queueing import Admit, PoolQuota, QueueSpec, SchedulerConfig, schedule
 from wanka.core.requests import GangRequest
 from wanka.core.snapshot import WHOLE, Device, Node, Snapshot
@@ -460,6 +475,270 @@ def _fresh(node: Node) -> Node:
     )
 
 
+# --- fleet ETTR: one long training job under faults ------------------------------------------
+
+GPUS_PER_NODE = 8  # a training job's nodes: the fleet's 8-GPU servers
+
+
+@dataclass(frozen=True, slots=True)
+class EttrConfig:
+    """The fault and recovery model of one long training job; docs/simulator.md gives each source."""
+
+    gpus: int = 1024
+    days: float = 30.0  # wall time simulated
+    seed: int = 1
+    fault_per_gpu_hour: float = LLAMA3_RATE_PER_GPU_HOUR  # interruptions per GPU-hour of training
+    hardware_share: float = LLAMA3_HARDWARE_SHARE  # of those, the share that takes a node out
+    latent_share: float = 0.10  # fleet nodes delivered faulty
+    latent_mean_hours: float = 6.0  # mean hours under load until such a node fails
+    onboarding: bool = False  # burn-in before a node takes work
+    catch_share: float = 0.90  # faulty nodes the burn-in catches
+    detect_seconds: float = 30.0  # fault -> the agent (or the pod's exit) reports it
+    taint_seconds: float = 0.10  # report -> node tainted: bench_taint_latency's median
+    recovery_seconds: float = 0.53  # member failure -> gang placed again: bench_recovery's median
+    backoff_seconds: float = 0.0  # restartPolicy.backoffSeconds: wait before the 1st restart, doubling
+    max_backoff_seconds: float = 600.0  # restartPolicy.maxBackoffSeconds
+    start_seconds: float = 120.0  # pods start and NCCL initialises
+    reload_seconds: float = 60.0  # the checkpoint is read back
+    save_seconds: float = 30.0  # the blocking part of a checkpoint save
+    interval_seconds: float = 3600.0  # fixed compute time between checkpoints
+    advised: bool = False  # take the interval from wanka.core.advice instead
+    repair_hours: float = 72.0  # a node taken out comes back healthy after this
+
+    def __post_init__(self) -> None:
+        for name in ("hardware_share", "latent_share", "catch_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)!r}")
+        for name in ("fault_per_gpu_hour", "detect_seconds", "taint_seconds", "recovery_seconds",
+                     "backoff_seconds", "max_backoff_seconds", "start_seconds", "reload_seconds",
+                     "save_seconds", "repair_hours"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        for name in ("days", "latent_mean_hours", "interval_seconds"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        if self.gpus < 1:
+            raise ValueError(f"gpus must be >= 1, got {self.gpus!r}")
+
+    @property
+    def nodes(self) -> int:
+        return math.ceil(self.gpus / GPUS_PER_NODE)
+
+
+SPENT = ("useful", "checkpoint", "lost", "detect", "wait", "backoff", "restart", "reload")
+
+
+@dataclass(slots=True)
+class EttrRun:
+    """Where one simulated job's wall time went, in seconds, and what interrupted it."""
+
+    wall_s: float
+    spent: dict[str, float]  # SPENT -> seconds; they add up to wall_s
+    interruptions: int = 0
+    hardware: int = 0  # interruptions that took a node out (latent ones included)
+    latent: int = 0  # interruptions by a node delivered faulty
+    checkpoints: int = 0
+    interval_sum_s: float = 0.0  # of the checkpoints taken
+
+    @property
+    def ettr(self) -> float:
+        """Useful training time over wall time while the job holds its GPUs."""
+        return self.spent["useful"] / self.wall_s
+
+    @property
+    def mean_interval_s(self) -> float | None:
+        return self.interval_sum_s / self.checkpoints if self.checkpoints else None
+
+
+def simulate_ettr(cfg: EttrConfig, fleet_nodes: int) -> EttrRun:
+    """One job of `cfg.gpus` GPUs for `cfg.days` of wall time on `fleet_nodes` 8-GPU nodes.
+
+    The job computes, saves a checkpoint every `interval` seconds of compute (blocking for
+    `save_seconds`) and is interrupted by (a) a Poisson stream at `fault_per_gpu_hour` x GPUs,
+    `hardware_share` of which take a random node of the job out, the rest restarting it in place,
+    and (b) each latently faulty node it runs on, `latent_mean_hours` of load after it joined
+    (exponential). Both clocks run only while the job computes or saves. An interruption loses
+    the work since the last completed save, then costs detection (plus the taint for a node
+    fault), waiting for a spare when none is ready, the operator's restart backoff (none by
+    default), the gang restart and the reload. A node taken out, or caught by onboarding, comes
+    back healthy after `repair_hours`.
+
+    The fleet (which nodes are faulty, which burn-in catches, when each would fail, the order
+    spares are handed out) and the job's own faults come from separate streams of the seed, so
+    rows that differ only in onboarding or interval see the same fleet and the same faults.
+    Deterministic for (cfg, fleet_nodes). Raises ValueError if the job needs more nodes.
+    """
+    need = cfg.nodes
+    if need > fleet_nodes:
+        raise ValueError(
+            f"a {cfg.gpus}-GPU job needs {need} nodes of {GPUS_PER_NODE} GPUs; the fleet has {fleet_nodes}"
+        )
+    horizon = cfg.days * 86400
+    repair_s = cfg.repair_hours * 3600
+    draw = random.Random(f"{cfg.seed}:fleet")
+    latent, caught, delay = [], [], []
+    for _ in range(fleet_nodes):
+        latent.append(draw.random() < cfg.latent_share)
+        caught.append(draw.random() < cfg.catch_share)
+        delay.append(draw.expovariate(1 / (cfg.latent_mean_hours * 3600)))
+    order = list(range(fleet_nodes))
+    draw.shuffle(order)
+    faults = random.Random(f"{cfg.seed}:faults")
+
+    ready: deque[int] = deque()
+    repairs: list[tuple[float, int]] = []  # (back at wall time, node)
+    for node in order:
+        if cfg.onboarding and latent[node] and caught[node]:
+            latent[node] = False  # repaired before it ever takes work
+            repairs.append((repair_s, node))
+        else:
+            ready.append(node)
+    heapq.heapify(repairs)
+    run = EttrRun(horizon, dict.fromkeys(SPENT, 0.0))
+    wall = busy = 0.0  # busy: seconds computed or saved, the clock faults run on
+    slots: list[int] = []
+    token: dict[int, int] = {}  # node -> its placement, to drop stale latent faults
+    pending_latent: list[tuple[float, int, int]] = []  # (busy time, node, token)
+
+    def spend(kind: str, seconds: float) -> None:
+        nonlocal wall
+        taken = min(seconds, horizon - wall)
+        run.spent[kind] += taken
+        wall += taken
+
+    def place(slot: int) -> None:
+        """A node for `slot`: the next ready one, else the first back from repair."""
+        while repairs and repairs[0][0] <= wall:
+            ready.append(heapq.heappop(repairs)[1])
+        if not ready:
+            back, node = heapq.heappop(repairs)
+            spend("wait", back - wall)
+            ready.append(node)
+        node = ready.popleft()
+        token[node] = token.get(node, 0) + 1
+        if slot == len(slots):
+            slots.append(node)
+        else:
+            slots[slot] = node
+        if latent[node]:
+            heapq.heappush(pending_latent, (busy + delay[node], node, token[node]))
+
+    def interval() -> float:
+        if not cfg.advised:
+            return cfg.interval_seconds
+        rate = interruption_rate(run.interruptions, need * busy)
+        return advise(cfg.save_seconds, need, rate).interval_seconds
+
+    for slot in range(need):
+        place(slot)
+    per_busy_second = cfg.fault_per_gpu_hour * cfg.gpus / 3600
+    next_background = faults.expovariate(per_busy_second) if per_busy_second > 0 else math.inf
+    progress = 0.0  # compute since the last completed save
+    every = interval()
+    while wall < horizon:
+        while pending_latent and token[pending_latent[0][1]] != pending_latent[0][2]:
+            heapq.heappop(pending_latent)  # its node was replaced before the fault showed
+        next_latent = pending_latent[0][0] if pending_latent else math.inf
+        to_save = every - progress + cfg.save_seconds
+        to_fault = min(next_background, next_latent) - busy
+        left = horizon - wall
+        if to_save <= min(to_fault, left):
+            busy += to_save
+            wall += to_save
+            run.spent["checkpoint"] += cfg.save_seconds
+            run.spent["useful"] += every
+            run.checkpoints += 1
+            run.interval_sum_s += every
+            progress = 0.0
+            every = interval()
+            continue
+        step = min(to_fault, left)
+        computed = min(step, every - progress)
+        progress += computed
+        run.spent["checkpoint"] += step - computed  # a save the fault or the window cut short
+        busy += step
+        wall += step
+        if left < to_fault:
+            run.spent["useful"] += progress  # the next save would bank it; the window ends first
+            break
+        run.spent["lost"] += progress
+        progress = 0.0
+        run.interruptions += 1
+        out: int | None = None  # the slot whose node is taken out, if any
+        if next_latent <= next_background:
+            out = slots.index(heapq.heappop(pending_latent)[1])
+            run.latent += 1
+        else:
+            # both draws every time, so the stream stays aligned across rows
+            hardware = faults.random() < cfg.hardware_share
+            victim = faults.randrange(need)
+            out = victim if hardware else None
+            next_background = busy + faults.expovariate(per_busy_second)
+        if out is None:
+            spend("detect", cfg.detect_seconds)
+        else:
+            run.hardware += 1
+            spend("detect", cfg.detect_seconds + cfg.taint_seconds)
+            node = slots[out]
+            token[node] += 1
+            latent[node] = False
+            heapq.heappush(repairs, (wall + repair_s, node))
+            place(out)
+        if cfg.backoff_seconds:
+            # the operator's restart backoff: base, 2 base, 4 base, ... capped (core.lifecycle)
+            doubling = min(run.interruptions - 1, 62)
+            spend("backoff", min(cfg.backoff_seconds * 2.0**doubling, cfg.max_backoff_seconds))
+        spend("restart", cfg.recovery_seconds + cfg.start_seconds)
+        spend("reload", cfg.reload_seconds)
+        every = interval()
+    return run
+
+
+def summarize_ettr(runs: Sequence[EttrRun]) -> dict[str, Any]:
+    """Mean and spread over seeds of one table row."""
+    ettr = [r.ettr for r in runs]
+    intervals = [i for i in (r.mean_interval_s for r in runs) if i is not None]
+    return {
+        "ettr_mean": round(statistics.fmean(ettr), 5),
+        "ettr_min": round(min(ettr), 5),
+        "ettr_max": round(max(ettr), 5),
+        "ettr_stdev": round(statistics.pstdev(ettr), 5),
+        "interruptions_per_day": round(statistics.fmean(r.interruptions * 86400 / r.wall_s for r in runs), 3),
+        "latent_interruptions": round(statistics.fmean(r.latent for r in runs), 2),
+        "checkpoint_interval_mean_s": round(statistics.fmean(intervals), 1) if intervals else None,
+        "time_share": {
+            k: round(statistics.fmean(r.spent[k] / r.wall_s for r in runs), 5) for k in SPENT
+        },
+    }
+
+
+ETTR_VARIANTS = ((False, False), (False, True), (True, False), (True, True))  # (onboarding, advised)
+
+
+def ettr_table(base: EttrConfig, sizes: Sequence[int], seeds: Sequence[int], fleet_nodes: int,
+               done: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Rows of job size x onboarding off/on x fixed/advised interval, each over the same seeds; a size
+    the fleet cannot hold gets an `error` instead of numbers. `done` is called after each row."""
+    rows: list[dict[str, Any]] = []
+    for gpus in sizes:
+        for onboarding, advised in ETTR_VARIANTS:
+            cfg = replace(base, gpus=gpus, onboarding=onboarding, advised=advised)
+            row: dict[str, Any] = {
+                "gpus": gpus,
+                "nodes": cfg.nodes,
+                "onboarding": onboarding,
+                "interval": "advised" if advised else "fixed",
+            }
+            if cfg.nodes > fleet_nodes:
+                row["error"] = f"needs {cfg.nodes} nodes of {GPUS_PER_NODE} GPUs; the fleet has {fleet_nodes}"
+            else:
+                row.update(summarize_ettr([simulate_ettr(replace(cfg, seed=s), fleet_nodes) for s in seeds]))
+            rows.append(row)
+            if done:
+                done(f"{gpus} GPUs, onboarding {'on' if onboarding else 'off'}, {row['interval']}")
+    return rows
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=SimConfig.jobs,
                         help="gangs in the synthetic workload (default %(default)s)")
@@ -476,13 +755,70 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "default configuration")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="print no progress on stderr (default: a bar with an ETA, or a line per run)")
+    parser.add_argument("--json", dest="json_out", default=None, metavar="PATH",
+                        help="also write the JSON printed on stdout to this file")
+    add_ettr_arguments(parser)
+
+
+def add_ettr_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the ETTR mode; every default is sourced in docs/simulator.md ("Fleet ETTR")."""
+    d = EttrConfig()
+    g = parser.add_argument_group(
+        "fleet ETTR (--ettr)",
+        "one long training job under faults on the fleet's 8-GPU nodes; prints a JSON table of job size x "
+        "onboarding off/on x fixed/advised checkpoint interval. --seed is the first seed.",
+    )
+    g.add_argument("--ettr", action="store_true",
+                   help="simulate fleet ETTR (useful training time / wall time) instead of the queue policies")
+    g.add_argument("--gpus", metavar="N", type=int, action="append", default=None,
+                   help="job size in GPUs, 8 per node; repeat for several (default: 1024 and 8192)")
+    g.add_argument("--days", metavar="DAYS", type=float, default=d.days,
+                   help="wall time of each simulated job (default %(default)s)")
+    g.add_argument("--seeds", metavar="N", type=int, default=20,
+                   help="seeds per row: SEED, SEED+1, ... (default %(default)s)")
+    g.add_argument("--fault-per-gpu-hour", metavar="RATE", type=float, default=d.fault_per_gpu_hour,
+                   help="interruptions per GPU-hour (default %(default).4g: Llama 3, 419 in 54 days on 16,384 GPUs)")
+    g.add_argument("--hardware-share", metavar="SHARE", type=float, default=d.hardware_share,
+                   help="share of interruptions that take a node out (default %(default)s: Llama 3)")
+    g.add_argument("--latent-share", metavar="SHARE", type=float, default=d.latent_share,
+                   help="share of the fleet's nodes delivered faulty (default %(default)s; operators report 0.1-0.2)")
+    g.add_argument("--latent-mean-hours", metavar="HOURS", type=float, default=d.latent_mean_hours,
+                   help="mean hours under load until a faulty node fails (default %(default)s; assumption)")
+    g.add_argument("--catch-share", metavar="SHARE", type=float, default=d.catch_share,
+                   help="share of faulty nodes the onboarding burn-in catches (default %(default)s; assumption)")
+    g.add_argument("--detect-seconds", metavar="S", type=float, default=d.detect_seconds,
+                   help="fault -> reported by the node agent or the pod's exit (default %(default)s; assumption)")
+    g.add_argument("--taint-seconds", metavar="S", type=float, default=d.taint_seconds,
+                   help="report -> node tainted (default %(default)s: bench_taint_latency median)")
+    g.add_argument("--recovery-seconds", metavar="S", type=float, default=d.recovery_seconds,
+                   help="member failure -> gang placed again (default %(default)s: bench_recovery median)")
+    g.add_argument("--backoff-seconds", metavar="S", type=float, default=d.backoff_seconds,
+                   help="the job's restartPolicy.backoffSeconds: wait before the first restart, doubling each "
+                   "time (default %(default)s, as in bench_recovery; the API's default is 30)")
+    g.add_argument("--max-backoff-seconds", metavar="S", type=float, default=d.max_backoff_seconds,
+                   help="the job's restartPolicy.maxBackoffSeconds (default %(default)s, the API's default)")
+    g.add_argument("--start-seconds", metavar="S", type=float, default=d.start_seconds,
+                   help="pods start and NCCL initialises (default %(default)s; assumption)")
+    g.add_argument("--reload-seconds", metavar="S", type=float, default=d.reload_seconds,
+                   help="the checkpoint is read back (default %(default)s; assumption)")
+    g.add_argument("--save-seconds", metavar="S", type=float, default=d.save_seconds,
+                   help="blocking part of a checkpoint save (default %(default)s; assumption)")
+    g.add_argument("--interval-seconds", metavar="S", type=float, default=d.interval_seconds,
+                   help="compute time between checkpoints in the fixed rows (default %(default)s)")
+    g.add_argument("--repair-hours", metavar="HOURS", type=float, default=d.repair_hours,
+                   help="a node taken out or caught at onboarding returns healthy after this "
+                   "(default %(default)s; assumption)")
+    g.add_argument("--fleet-nodes", metavar="N", type=int, default=0,
+                   help="a uniform fleet of this many 8-GPU nodes instead of the --csv fleet (default: the CSV)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`wanka simulate-gangs`: print a JSON comparison of queue policies."""
+    """`wanka simulate-gangs`: print a JSON comparison of queue policies, or with --ettr a fleet ETTR table."""
     parser = Parser(prog="wanka simulate-gangs", description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.ettr:
+        return run_ettr(args)
     if not args.csv.is_file():
         print(f"wanka simulate-gangs: no such file: {args.csv} (--csv, or set $WANKA_DATA)", file=sys.stderr)
         return 2
@@ -500,7 +836,75 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             reports = [simulate(cfg, fleet)]
             tick(reports[0].policy)
-    print(json.dumps([r.as_dict() for r in reports], indent=2))
+    _emit([r.as_dict() for r in reports], args.json_out)
+    return 0
+
+
+def _emit(document: Any, path: str | None) -> None:
+    """Print the JSON, and write the same to `path` when given."""
+    text = json.dumps(document, indent=2)
+    print(text)
+    if path:
+        Path(path).write_text(text + "\n")
+
+
+DEFAULT_SIZES = (1024, 8192)
+
+
+def run_ettr(args: argparse.Namespace) -> int:
+    """`wanka simulate-gangs --ettr`: the fleet ETTR table as JSON."""
+    sizes = args.gpus or list(DEFAULT_SIZES)
+    try:
+        base = EttrConfig(
+            days=args.days,
+            seed=args.seed,
+            fault_per_gpu_hour=args.fault_per_gpu_hour,
+            hardware_share=args.hardware_share,
+            latent_share=args.latent_share,
+            latent_mean_hours=args.latent_mean_hours,
+            catch_share=args.catch_share,
+            detect_seconds=args.detect_seconds,
+            taint_seconds=args.taint_seconds,
+            recovery_seconds=args.recovery_seconds,
+            backoff_seconds=args.backoff_seconds,
+            max_backoff_seconds=args.max_backoff_seconds,
+            start_seconds=args.start_seconds,
+            reload_seconds=args.reload_seconds,
+            save_seconds=args.save_seconds,
+            interval_seconds=args.interval_seconds,
+            repair_hours=args.repair_hours,
+        )
+        for gpus in sizes:
+            replace(base, gpus=gpus)
+    except ValueError as exc:
+        print(f"wanka simulate-gangs: error: {exc}", file=sys.stderr)
+        return 2
+    if args.fleet_nodes > 0:
+        fleet, source = uniform_fleet(args.fleet_nodes), f"uniform_fleet({args.fleet_nodes})"
+    elif not args.csv.is_file():
+        print(f"wanka simulate-gangs: no such file: {args.csv} (--csv, or set $WANKA_DATA)", file=sys.stderr)
+        return 2
+    else:
+        fleet, source = load_spot_fleet(args.csv), args.csv.name
+    eight = sum(1 for n in fleet if len(n.devices) == GPUS_PER_NODE)
+    seeds = [args.seed + k for k in range(max(args.seeds, 1))]
+    with progress("ETTR rows", len(sizes) * len(ETTR_VARIANTS), enabled=args.progress) as tick:
+        rows = ettr_table(base, sizes, seeds, eight, done=tick)
+    model = {k: v for k, v in asdict(base).items() if k not in ("gpus", "seed", "onboarding", "advised")}
+    model["prior_rate_per_node_hour"] = LLAMA3_RATE_PER_NODE_HOUR
+    model["prior_node_hours"] = PRIOR_NODE_HOURS
+    document = {
+        "fleet": {
+            "source": source,
+            "nodes": len(fleet),
+            "gpus": sum(len(n.devices) for n in fleet),
+            "nodes_8gpu": eight,
+        },
+        "seeds": seeds,
+        "model": model,
+        "rows": rows,
+    }
+    _emit(document, args.json_out)
     return 0
 
 
@@ -512,4 +916,5 @@ PASSTHROUGH = True  # `wanka simulate-gangs ARGS` calls main(ARGS): this module 
 
 
 def register(sub: Any) -> None:
-    add_arguments(sub.add_parser("simulate-gangs", help="synthetic multi-node gang workload on the spot fleet"))
+    add_arguments(sub.add_parser("simulate-gangs", help="synthetic multi-node gang workload on the spot fleet; --ettr: "
+                                 "a long training job's ETTR under faults"))
