@@ -10,6 +10,7 @@ import sys
 import threading
 from types import FrameType
 
+from wanka.agent import burnin
 from wanka.agent.agent import Agent, NodeWriter, PrintWriter
 from wanka.agent.probes import APPLICATION_XIDS, Probe
 
@@ -28,9 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=os.environ.get("NODE_NAME"),
         help="the Node to write onto (default: $NODE_NAME, set from the downward API)",
     )
-    parser.add_argument("--probe", choices=("nvml", "file"), default="nvml",
-                        help="read devices through NVML, or from --fault-file for tests and demos (default nvml)")
-    parser.add_argument("--fault-file", help="JSON fault file for --probe file (see docs)")
+    _add_probe_flags(parser)
     parser.add_argument(
         "--interval", type=float, default=30.0, help="seconds between probes and heartbeats"
     )
@@ -41,6 +40,53 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="devices the node should have (default: the most seen since start)",
     )
     parser.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster, then ~)")
+    parser.add_argument("--once", action="store_true", help="probe and write once, then exit")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print what would be written; touch no API"
+    )
+    parser.set_defaults(func=run_agent)
+    # Optional, so a plain `wanka agent` still runs the agent loop.
+    commands = parser.add_subparsers(dest="agent_command", metavar="{burn-in}")
+    burn = commands.add_parser(
+        "burn-in",
+        help="check this node once before it takes work; one JSON verdict, exit 0 only if it passed",
+        description=burnin.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_probe_flags(burn)
+    burn.add_argument(
+        "--expect-devices",
+        "--expected-devices",
+        dest="expected_devices",
+        type=int,
+        default=None,
+        help="fail unless exactly this many devices are present (default: no check)",
+    )
+    burn.add_argument(
+        "--dcgm-level",
+        type=int,
+        choices=(1, 2, 3, 4),
+        default=1,
+        help="`dcgmi diag -r` level, run when dcgmi is on PATH (default 1)",
+    )
+    burn.add_argument(
+        "--result-file",
+        default="/dev/termination-log",
+        help="where the JSON verdict goes besides stdout (default /dev/termination-log)",
+    )
+    burn.add_argument(
+        "--timeout",
+        type=_positive,
+        default=600.0,
+        help="seconds for the whole run; past it the verdict is Timeout (default 600)",
+    )
+    burn.set_defaults(func=run_burn_in)
+
+
+def _add_probe_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--probe", choices=("nvml", "file"), default="nvml",
+                        help="read devices through NVML, or from --fault-file for tests and demos (default nvml)")
+    parser.add_argument("--fault-file", help="JSON fault file for --probe file (see docs)")
     parser.add_argument(
         "--xid-hold-seconds",
         type=float,
@@ -58,11 +104,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--expected-nvlinks", type=int, default=None, help="NVLinks that should be up per GPU"
     )
-    parser.add_argument("--once", action="store_true", help="probe and write once, then exit")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print what would be written; touch no API"
-    )
-    parser.set_defaults(func=run_agent)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not > 0")
+    return value
 
 
 def run_agent(args: argparse.Namespace) -> int:
@@ -101,11 +152,15 @@ def run_agent(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_probe(args: argparse.Namespace) -> Probe | None:
+class ProbeSetupError(Exception):
+    """The flags do not make a probe; the message says why."""
+
+
+def make_probe(args: argparse.Namespace, *, burn_in: bool = False) -> Probe:
+    """The probe the flags ask for; with `burn_in`, NVML also gets the burn-in's own checks."""
     if args.probe == "file":
         if not args.fault_file:
-            print("wanka agent: --probe file needs --fault-file", file=sys.stderr)
-            return None
+            raise ProbeSetupError("--probe file needs --fault-file")
         from wanka.agent.file_probe import FileProbe
 
         return FileProbe(args.fault_file)
@@ -114,20 +169,41 @@ def _build_probe(args: argparse.Namespace) -> Probe | None:
     try:
         nvml = load_nvml()
     except ImportError:
-        print(
-            "wanka agent: --probe nvml needs nvidia-ml-py (pip install 'wanka[nvml]')",
-            file=sys.stderr,
-        )
-        return None
+        raise ProbeSetupError("--probe nvml needs nvidia-ml-py (pip install 'wanka[nvml]')") from None
     try:
         ignored = [int(x) for x in args.ignored_xids.split(",") if x.strip()]
     except ValueError:
-        print(f"wanka agent: bad --ignored-xids {args.ignored_xids!r}", file=sys.stderr)
-        return None
-    return NvmlProbe(
+        raise ProbeSetupError(f"bad --ignored-xids {args.ignored_xids!r}") from None
+    probe = NvmlProbe(
         nvml,
         xid_hold_seconds=args.xid_hold_seconds,
         ignored_xids=ignored,
         max_temperature=args.max_temperature,
         expected_nvlinks=args.expected_nvlinks,
     )
+    return burnin.NvmlBurnInProbe(probe, nvml) if burn_in else probe
+
+
+def _build_probe(args: argparse.Namespace) -> Probe | None:
+    try:
+        return make_probe(args)
+    except ProbeSetupError as err:
+        print(f"wanka agent: {err}", file=sys.stderr)
+        return None
+
+
+def run_burn_in(args: argparse.Namespace) -> int:
+    """Check the node once, write the JSON verdict; 0 only when the node may take work."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        probe = make_probe(args, burn_in=True)
+        result = burnin.burn_in(
+            probe, expected=args.expected_devices, dcgm_level=args.dcgm_level, timeout=args.timeout
+        )
+    except ProbeSetupError as err:
+        result = burnin.failed(f"cannot probe the devices: {err}")
+    except Exception as err:  # the verdict must come out whatever breaks
+        log.exception("burn-in failed")
+        result = burnin.failed(f"burn-in failed unexpectedly: {type(err).__name__}: {err}")
+    burnin.emit(result, args.result_file)
+    return 0 if result.ok else 1
