@@ -193,6 +193,13 @@ class PodObj:
             {"name": "train", "state": {"terminated": {"exitCode": code}}}]}
         return self
 
+    def preflight(self, code: int, message: str = "") -> PodObj:
+        """Its gang preflight (init container) ended with `code`, leaving `message`."""
+        phase = "Failed" if code else "Pending"
+        self.body["status"] = {"phase": phase, "initContainerStatuses": [
+            {"name": "wanka-preflight", "state": {"terminated": {"exitCode": code, "message": message}}}]}
+        return self
+
     def deleting(self, deadline: float) -> PodObj:
         """Terminating; `deadline` is its deletionTimestamp (the end of its grace period)."""
         self.body["metadata"]["deletionTimestamp"] = rfc3339(deadline)

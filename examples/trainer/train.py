@@ -18,7 +18,7 @@ import time
 import torch
 from torch import nn
 
-from wanka.sdk import CheckpointDir, GracefulStop, Reporter, Settings
+from wanka.sdk import CheckpointDir, CheckpointTimer, GracefulStop, Reporter, Settings
 
 
 def batch(seed: int, step: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,11 +60,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"event": "resumed", "step": start}), flush=True)
 
     step = start
+    # The operator's advised interval, once it has one; --checkpoint-every steps until then.
+    timer = CheckpointTimer(settings.checkpoint_interval_seconds)
 
     def save() -> None:
+        began = time.monotonic()
         with ckpts.save(step) as d:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, d / "state.pt")
-        reporter.report(step, str(ckpts.root / f"step-{step:08d}"), time.time())
+        timer.saved()
+        reporter.report(step, str(ckpts.root / f"step-{step:08d}"), time.time(),
+                        save_seconds=time.monotonic() - began)
 
     stop = GracefulStop(save)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -77,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         step += 1
         print(json.dumps({"event": "step", "step": step, "loss": loss.item()}), flush=True)
-        if step % args.checkpoint_every == 0 or step == args.steps:
+        due = timer.due() if timer.interval else step % args.checkpoint_every == 0
+        if due or step == args.steps:
             save()
         if stop.requested:
             stop.save_once()

@@ -20,6 +20,7 @@ from tests.integration.jobkit import (
     pods,
     wait_running,
 )
+from wanka.core.advice import advise
 from wanka.sdk import Reporter, Settings
 
 pytestmark = pytest.mark.integration
@@ -234,10 +235,16 @@ def test_checkpoint_reports_only_through_the_jobs_own_progress(
     server = cluster.api.configuration.host
 
     mine = Reporter(Settings(namespace=namespace, progress="ckpt"), sa_dir, server)
-    assert mine.report(1200, "/ckpt/step-00001200", time.time())
+    assert mine.report(1200, "/ckpt/step-00001200", time.time(), save_seconds=30.0)
     ckpt = wait_for(lambda: (job(cluster, namespace, "ckpt").get("status") or {}).get("lastCheckpoint"),
                     10, what="lastCheckpoint mirrored")
-    assert ckpt["step"] == 1200 and ckpt["path"] == "/ckpt/step-00001200"
+    assert ckpt["step"] == 1200 and ckpt["path"] == "/ckpt/step-00001200" and ckpt["saveSeconds"] == 30
+    # The measured save time and the pool's interruption rate give the Young/Daly advice.
+    advice = wait_for(lambda: job(cluster, namespace, "ckpt")["status"].get("checkpointAdvice"), 10,
+                      what="checkpoint advice in status")
+    assert advice["saveSeconds"] == 30 and advice["interruptionsPerNodeDay"] > 0
+    want = advise(30.0, 1, advice["interruptionsPerNodeDay"] / 86400)
+    assert abs(advice["intervalSeconds"] - want.interval_seconds) <= 1
     # The same token cannot touch another job's report (Role with resourceNames).
     theirs = Reporter(Settings(namespace=namespace, progress="other"), sa_dir, server)
     assert not theirs.report(5, "/x", time.time())

@@ -209,3 +209,44 @@ def test_the_decision_carries_the_advice_for_a_fatal_fault() -> None:
                                       NodeCondition("GPUHealthy", "False", "XID79")))
     d = step(HealthRecord(validated=1, watched=1), xid, POLICY, T0)
     assert d.state == "Sick" and d.remediation == "reboot"
+
+
+def test_the_default_burn_in_pod_holds_every_device_and_runs_the_agents_check() -> None:
+    from wanka.api.gpupool import GPUPoolSpec
+    from wanka.cluster.health import burn_in_name, burn_in_pod, read_burn_in
+
+    spec = GPUPoolSpec.model_validate({"nodeSelector": {}, "onboarding": {"timeoutSeconds": 300}})
+    node = {"metadata": {"name": "gpu-7", "uid": "u7"},
+            "status": {"allocatable": {"nvidia.com/gpu": "8"}}}
+    pod = burn_in_pod(spec, "pool-a", node, 3, "wanka-system", "img:1")
+    assert pod["metadata"]["name"] == "wanka-burn-in-gpu-7-3"
+    assert pod["metadata"]["labels"] == {"wanka.io/burn-in": "3", "wanka.io/pool": "pool-a"}
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == "u7"
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "img:1"
+    assert container["command"][:5] == ["wanka", "agent", "burn-in", "--expect-devices", "8"]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "8"}
+    assert pod["spec"]["nodeName"] == "gpu-7" and pod["spec"]["activeDeadlineSeconds"] == 300
+    assert {"key": "wanka.io/onboarding", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+    assert len(burn_in_name("n" * 300, 1)) <= 253
+
+    pod["metadata"]["creationTimestamp"] = "2026-12-01T10:00:00Z"
+    pod["status"] = {"phase": "Failed", "containerStatuses": [{"name": "burn-in", "state": {"terminated": {
+        "exitCode": 1, "message": '{"wankaBurnIn":1,"ok":false,"reason":"DeviceFault","message":"device 2: XID48"}'}}}]}
+    seen = read_burn_in(pod)
+    assert seen is not None and seen.number == 3 and seen.phase == "Failed" and seen.exit_code == 1
+    assert seen.message == "DeviceFault: device 2: XID48"
+
+
+def test_busy_nodes_are_those_with_gpu_pods_or_gang_reservations() -> None:
+    from wanka.cluster.health import busy_nodes
+
+    def pod(node: str, gpus: str = "1", phase: str = "Running", burn_in: bool = False) -> dict[str, object]:
+        labels = {"wanka.io/burn-in": "1"} if burn_in else {}
+        return {"metadata": {"labels": labels}, "spec": {"nodeName": node, "containers": [
+            {"resources": {"limits": {"nvidia.com/gpu": gpus, "cpu": "2"}}}]}, "status": {"phase": phase}}
+
+    jobs = [{"status": {"phase": "Admitted", "placement": [{"node": "reserved"}]}},
+            {"status": {"phase": "Succeeded", "placement": [{"node": "old"}]}}]
+    pods = [pod("gpu"), pod("cpu-only", gpus="0"), pod("done", phase="Succeeded"), pod("checking", burn_in=True)]
+    assert busy_nodes(pods, jobs) == {"gpu", "reserved"}

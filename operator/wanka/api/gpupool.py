@@ -192,6 +192,26 @@ class Onboarding(WankaModel):
     )
 
 
+class PreflightPolicy(WankaModel):
+    """Thresholds of the gang preflight (TrainingJob spec.preflight) in this pool: the platform
+    team's, since a tenant must not lower the bar for the nodes its gang gets."""
+
+    min_bus_bandwidth_g_bps: float = Field(
+        default=0, ge=0, le=10_000, alias="minBusBandwidthGBps",
+        description="All-reduce bus bandwidth (GB/s, nccl-tests' definition) below which the "
+        "gang fails its preflight (0: no floor; members far slower than their peers still fail).",
+    )
+    slow_factor: float = Field(
+        default=0.5, gt=0, le=1,
+        description="A member whose own throughput, or both of whose ring links, are below this "
+        "share of the gang's median is blamed, and its node excluded.",
+    )
+    timeout_seconds: int = Field(
+        default=120, ge=10, le=3600,
+        description="Limit for the preflight's rendezvous and for each of its collectives.",
+    )
+
+
 RemediationAction = Literal["reset", "reboot", "replace"]
 
 
@@ -273,6 +293,10 @@ class GPUPoolSpec(WankaModel):
     )
     remediation: Remediation = Field(
         default_factory=Remediation, description="Remediation hooks for nodes that need service."
+    )
+    preflight: PreflightPolicy = Field(
+        default_factory=PreflightPolicy,
+        description="Thresholds of the gang preflight jobs ask for with spec.preflight.",
     )
 
 

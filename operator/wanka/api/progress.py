@@ -18,3 +18,8 @@ class TrainingJobProgressSpec(WankaModel):
     path: str | None = Field(default=None, max_length=4096,
                              description="Where the checkpoint is; must be inside spec.checkpoint.path.")
     time: datetime | None = Field(default=None, description="When the checkpoint was written.")
+    save_seconds: float | None = Field(
+        default=None, ge=0, le=86400,
+        description="How long the save blocked training (the SDK measures it); the operator's "
+        "checkpoint-interval advice is computed from it.",
+    )

@@ -265,6 +265,13 @@ class TrainingJobSpec(WankaModel):
         default_factory=RestartPolicy, description="Retry of interrupted gangs."
     )
     suspend: bool = Field(default=False, description="True: release everything and wait.")
+    preflight: bool = Field(
+        default=False,
+        description="Before training starts, every member runs a short collective check (an "
+        "init container: `python -m wanka.sdk.preflight` in the first container's image, which "
+        "must have PyTorch and Wanka's SDK). A member that fails it or is far slower than its "
+        "peers gets its node excluded and the gang is placed again without it.",
+    )
 
 
 class ReplicaPlacement(WankaModel):
@@ -294,6 +301,24 @@ class LastCheckpoint(WankaModel):
     step: int = Field(ge=0, description="Training step.")
     path: str = Field(max_length=4096, description="Where it is.")
     time: datetime = Field(description="When it was written.")
+    save_seconds: float | None = Field(
+        default=None, ge=0, le=86400, description="How long the save blocked training."
+    )
+
+
+class CheckpointAdvice(WankaModel):
+    """How often the job should checkpoint (Young/Daly), from its save time and its pool's
+    interruption rate; given to each new attempt's pods as WANKA_CHECKPOINT_INTERVAL_SECONDS."""
+
+    interval_seconds: int = Field(ge=1, description="Advised seconds of training between checkpoints.")
+    save_seconds: float = Field(ge=0, description="The measured save time the advice used.")
+    job_mtbf_seconds: float = Field(
+        ge=0, alias="jobMTBFSeconds",
+        description="Mean time between the job's interruptions on its nodes, as the advice expects it.",
+    )
+    interruptions_per_node_day: float = Field(
+        ge=0, description="The pool's interruption rate the advice used (observed, blended with a prior).",
+    )
 
 
 class TrainingJobStatus(WankaModel):
@@ -341,6 +366,14 @@ class TrainingJobStatus(WankaModel):
         default=0, ge=0,
         description="Placements released before the gang ran (gang timeout, pods refused by the "
         "API, a failed bind) since it last ran; the backoff grows with it.",
+    )
+    checkpoint_advice: CheckpointAdvice | None = Field(
+        default=None, description="Advised checkpoint interval (once the workload reports its save time).",
+    )
+    preflight_failures: int = Field(
+        default=0, ge=0,
+        description="Restarts after a failed gang preflight that named the members to blame "
+        "(their nodes are excluded); like preemptions, they do not count against maxRestarts.",
     )
     nominated_victims: list[str] = Field(
         default_factory=list, max_length=256,

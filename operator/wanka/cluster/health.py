@@ -158,7 +158,9 @@ def burn_in_pod(spec: GPUPoolSpec, pool: str, node: Mapping[str, Any], number: i
         pod_spec["containers"] = [{
             "name": "burn-in",
             "image": image,
-            "command": ["wanka", "agent", "burn-in", "--expect-devices", str(count)],
+            # Its own deadline comes before the pod's, so a slow check still reports why.
+            "command": ["wanka", "agent", "burn-in", "--expect-devices", str(count),
+                        "--timeout", str(max(20, spec.onboarding.timeout_seconds - 10))],
         }]
     first = pod_spec["containers"][0]
     resources = first.setdefault("resources", {})

@@ -32,6 +32,7 @@ from wanka.api.common import Condition, lenient, set_condition
 from wanka.api.gpupool import GPUPoolSpec
 from wanka.api.tenantqueue import TenantQueueSpec
 from wanka.api.trainingjob import (
+    CheckpointAdvice,
     LastCheckpoint,
     TrainingJobSpec,
     TrainingJobStatus,
@@ -44,9 +45,11 @@ from wanka.cluster.kube import side_by_side
 from wanka.cluster.ledger import ledger_allocations, placement_of
 from wanka.cluster.manifests import (
     ATTEMPT_LABEL,
+    PREFLIGHT_CONTAINER,
     checkpoint_objects,
     checkpoint_role_name,
     pod_manifest,
+    preflight_env,
     progress_name,
     reports,
     service_account_name,
@@ -69,8 +72,10 @@ from wanka.cluster.translate import (
     pool_membership,
 )
 from wanka.core import lifecycle, podpolicy
+from wanka.core.advice import advise, interruption_rate
 from wanka.core.lifecycle import ACTIVE, JobFacts, NodeFacts, PodFacts, VictimFacts
 from wanka.core.mig import plan_repartitions
+from wanka.core.preflight import parse_report
 from wanka.core.queueing import (
     Admit,
     Decision,
@@ -153,6 +158,13 @@ def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
         if term.get("exitCode"):
             code = _int(term["exitCode"])
             break
+    preflight_failed, report = False, None
+    for cs in st.get("initContainerStatuses") or []:
+        cs = _dict(cs)
+        term = _dict(_dict(cs.get("state")).get("terminated"))
+        if cs.get("name") == PREFLIGHT_CONTAINER and term:
+            report = parse_report(str(term.get("message") or ""))
+            preflight_failed = term.get("exitCode") != 0
     conditions = [_dict(c) for c in st.get("conditions") or []]
     ready = st.get("phase") == "Running" and any(
         c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
@@ -167,6 +179,8 @@ def pod_facts(pod: Mapping[str, Any]) -> PodFacts:
         delete_deadline=ts(meta.get("deletionTimestamp")),
         exit_code=code,
         reason=str(st.get("reason") or ""),
+        preflight_failed=preflight_failed,
+        preflight=report,
     )
 
 
@@ -182,7 +196,8 @@ def read_report(progress: Mapping[str, Any] | None) -> LastCheckpoint | None:
         return None
     try:
         return LastCheckpoint(step=int(data["step"]), path=str(data.get("path", "")),
-                              time=datetime.fromisoformat(str(data["time"]).replace("Z", "+00:00")))
+                              time=datetime.fromisoformat(str(data["time"]).replace("Z", "+00:00")),
+                              save_seconds=data.get("saveSeconds"))
     except (ValueError, KeyError, TypeError, ValidationError):
         return None
 
@@ -234,14 +249,36 @@ class Job:
         value = _dict(self.spec.template.wire().get("spec")).get("terminationGracePeriodSeconds")
         return value if isinstance(value, int) and value >= 0 else None
 
-    def facts(self, report: LastCheckpoint | None = None) -> JobFacts:
+    def facts(self, report: LastCheckpoint | None = None,
+              reliability: Mapping[str, tuple[int, float]] | None = None) -> JobFacts:
+        """`reliability`: per pool, (node faults, node-seconds watched), for checkpoint advice."""
         meta = self.raw["metadata"]
         return JobFacts(
             key=self.key, spec=self.spec, status=self.status, generation=self.generation,
             invalid=self.invalid, deleting=bool(meta.get("deletionTimestamp")),
             finalizer=FINALIZER in (meta.get("finalizers") or []),
             created=ts(meta.get("creationTimestamp")) or 0.0, grace=self.grace, report=report,
+            advice=self.advice(report, reliability) if reliability is not None else None,
         )
+
+    def advice(self, report: LastCheckpoint | None,
+               reliability: Mapping[str, tuple[int, float]]) -> CheckpointAdvice | None:
+        """Young/Daly advice from the newest measured save time and the pool's record."""
+        if self.spec is None:
+            return None
+        last = self.status.last_checkpoint
+        save = next((r.save_seconds for r in (report, last) if r is not None and r.save_seconds is not None),
+                    None)
+        if save is None:
+            return None
+        faults, node_seconds = reliability.get(self.spec.pool, (0, 0.0))
+        rate = interruption_rate(faults, node_seconds)
+        nodes = len({p.node for p in self.status.placement}) or self.spec.replicas
+        got = advise(save, nodes, rate)
+        return CheckpointAdvice(
+            interval_seconds=max(1, int(got.interval_seconds)), save_seconds=round(save, 1),
+            job_mtbf_seconds=round(min(got.job_mtbf_seconds, 1e12), 0),
+            interruptions_per_node_day=round(rate * 86400, 6))
 
     def attempt_pods(self) -> list[dict[str, Any]]:
         return [p for p in self.pods if p["metadata"].get("labels", {}).get(ATTEMPT_LABEL) == str(self.attempt)]
@@ -369,6 +406,8 @@ class JobReconciler:
     clock: Callable[[], float] = time.time
     status_writer: Any = None  # StatusWriter for TenantQueue status
     mig_namespace: str = "default"  # where the mig-parted ConfigMap lives
+    # Per pool: (node faults, node-seconds watched), kept by the health loop; for advice.
+    reliability: Mapping[str, tuple[int, float]] = field(default_factory=dict)
     memo: ParseMemo = field(default_factory=ParseMemo)
     # Jobs whose last step had nothing to do, by key: (what the step read, until when to trust
     # that). A job steps again as soon as anything it reads changes, and at least every
@@ -512,7 +551,8 @@ class JobReconciler:
                 if last is not None and last[0] == reads and now < last[1]:
                     self._quiet[job.key] = last  # nothing it reads changed: nothing to do
                     continue
-                plan = lifecycle.step(job.facts(read_report(progress)), [pod_facts(p) for p in job.pods],
+                plan = lifecycle.step(job.facts(read_report(progress), self.reliability),
+                                      [pod_facts(p) for p in job.pods],
                                       job_nodes, now)
                 work.append((job, reads, plan))
             except Exception as exc:  # one job's trouble must never stall the others
@@ -700,7 +740,9 @@ class JobReconciler:
             manifest = pod_manifest(job.raw, spec, placed.replica, job.attempt, devices,
                                     resource, pool.sharing.mode, mem,
                                     resume=job.attempt > 0 or job.status.last_checkpoint is not None,
-                                    world_size=world)
+                                    world_size=world,
+                                    preflight=preflight_env(pool) if spec.preflight else None,
+                                    advice=job.status.checkpoint_advice)
             if placed.mig_start is not None:
                 # The device plugin picks the instance; ours is a ledger entry, not a device pin.
                 notes = manifest["metadata"]["annotations"]

@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from wanka.api.common import API_VERSION, GROUP
-from wanka.api.trainingjob import TrainingJobSpec
+from wanka.api.gpupool import GPUPoolSpec
+from wanka.api.trainingjob import CheckpointAdvice, TrainingJobSpec
 from wanka.cluster.translate import (
     DEVICES_ANNOTATION,
     GPU_MEMORY_ANNOTATION,
@@ -65,6 +66,35 @@ def shared_env(
     return env
 
 
+PREFLIGHT_CONTAINER = "wanka-preflight"
+
+
+def preflight_env(pool: GPUPoolSpec) -> dict[str, str]:
+    """The pool's preflight thresholds as the preflight program reads them."""
+    p = pool.preflight
+    return {"WANKA_PREFLIGHT_MIN_BUSBW_GBPS": f"{p.min_bus_bandwidth_g_bps:g}",
+            "WANKA_PREFLIGHT_SLOW_FACTOR": f"{p.slow_factor:g}",
+            "WANKA_PREFLIGHT_TIMEOUT_SECONDS": str(p.timeout_seconds)}
+
+
+def preflight_container(first: Mapping[str, Any], settings: Mapping[str, str]) -> dict[str, Any]:
+    """The gang preflight: the training container's image, environment, devices and mounts,
+    running `python -m wanka.sdk.preflight` last among the init containers (right before
+    training). Its termination message is the report the operator reads."""
+    env = [e for e in first.get("env") or [] if not str(e.get("name", "")).startswith("WANKA_PREFLIGHT_")]
+    out: dict[str, Any] = {
+        "name": PREFLIGHT_CONTAINER,
+        "image": first["image"],
+        "command": ["python", "-m", "wanka.sdk.preflight"],
+        "env": [*env, *({"name": k, "value": v} for k, v in sorted(settings.items()))],
+        "terminationMessagePolicy": "File",
+    }
+    for key in ("resources", "volumeMounts", "securityContext", "imagePullPolicy"):
+        if key in first:
+            out[key] = copy.deepcopy(first[key])
+    return out
+
+
 def pod_manifest(
     job: Mapping[str, Any],
     spec: TrainingJobSpec,
@@ -76,11 +106,15 @@ def pod_manifest(
     memory_mib: int = 0,
     resume: bool = False,
     world_size: int | None = None,
+    preflight: Mapping[str, str] | None = None,
+    advice: CheckpointAdvice | None = None,
 ) -> dict[str, Any]:
     """One replica's pod, not yet bound (Wanka binds it through pods/binding).
 
     `world_size`: replicas in this attempt (an elastic gang may start with fewer than
-    `spec.replicas`); defaults to `spec.replicas`."""
+    `spec.replicas`); defaults to `spec.replicas`. `preflight`: the pool's preflight settings
+    (WANKA_PREFLIGHT_* variables) when the job asks for a gang preflight. `advice`: the job's
+    checkpoint advice, as WANKA_CHECKPOINT_INTERVAL_SECONDS ("" while there is none)."""
     meta = job["metadata"]
     name, ns = meta["name"], meta["namespace"]
     template = copy.deepcopy(spec.template.wire())
@@ -103,6 +137,7 @@ def pod_manifest(
         {"name": "WANKA_RESUME", "value": "1" if resume and spec.checkpoint.resume == "Auto" else "0"},
         {"name": "WANKA_PROGRESS", "value": progress_name(name) if reports(spec) else ""},
         {"name": "WANKA_NAMESPACE", "value": ns},
+        {"name": "WANKA_CHECKPOINT_INTERVAL_SECONDS", "value": str(advice.interval_seconds) if advice else ""},
     ]
     if shared:
         env += shared_env(sharing_mode, shared[0][0], shared[0][1], memory_mib)
@@ -116,6 +151,10 @@ def pod_manifest(
         if spec.checkpoint.volume_claim:
             mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") != CHECKPOINT_VOLUME]
             container["volumeMounts"] = [*mounts, {"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.path}]
+    if preflight is not None and pod_spec.get("containers"):
+        pod_spec["initContainers"] = [
+            *(c for c in pod_spec.get("initContainers") or [] if c.get("name") != PREFLIGHT_CONTAINER),
+            preflight_container(pod_spec["containers"][0], preflight)]
     if spec.checkpoint.volume_claim:
         vols = [v for v in pod_spec.get("volumes") or [] if v.get("name") != CHECKPOINT_VOLUME]
         pod_spec["volumes"] = [*vols, {"name": CHECKPOINT_VOLUME, "persistentVolumeClaim": {

@@ -123,7 +123,8 @@ async def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         )
         jobs = JobReconciler(RUNTIME.cache, JobIO(api, fence), events,
                              status_writer=StatusWriter(api, fence),
-                             mig_namespace=os.environ.get("POD_NAMESPACE") or "default")
+                             mig_namespace=os.environ.get("POD_NAMESPACE") or "default",
+                             reliability=health.reliability)
         return health, jobs, pools
 
     term, last_sync = -1, 0.0

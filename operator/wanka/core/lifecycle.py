@@ -24,7 +24,8 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from wanka.api.common import find_condition, set_condition
-from wanka.api.trainingjob import LastCheckpoint, TrainingJobSpec, TrainingJobStatus
+from wanka.api.trainingjob import CheckpointAdvice, LastCheckpoint, TrainingJobSpec, TrainingJobStatus
+from wanka.core.preflight import PreflightReport, culprits
 
 ACTIVE = ("Admitted", "Running")  # phases that hold a reservation
 WAITING = ("Queued", "Restarting")  # phases that wait for a placement
@@ -59,6 +60,9 @@ class PodFacts:
     delete_deadline: float | None = None  # deletionTimestamp: when its grace period ends
     exit_code: int | None = None
     reason: str = ""
+    # The gang preflight (init container): it failed; the report it left, if any.
+    preflight_failed: bool = False
+    preflight: PreflightReport | None = field(default=None, hash=False)
 
     @property
     def terminal(self) -> bool:
@@ -88,6 +92,7 @@ class JobFacts:
     created: float = 0.0
     grace: int | None = None  # the template's terminationGracePeriodSeconds
     report: LastCheckpoint | None = None  # the workload's newest checkpoint report, if any
+    advice: CheckpointAdvice | None = None  # the checkpoint interval advised now, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +256,7 @@ class _Step:
             self.transition("Queued", "Failed", "False", "SpecFixed", "the spec is valid again: back in the queue")
             return self.done()
         self.mirror_report()
+        self.advise()
         if phase in ("Succeeded", "Failed"):
             self.delete([p for p in self.pods if not p.terminal], job.grace)
             return self.done()
@@ -287,6 +293,14 @@ class _Step:
             return
         self.st.last_checkpoint = report
 
+    def advise(self) -> None:
+        """Take new checkpoint advice into status when it moved enough to matter (a tenth)."""
+        new, old = self.job.advice, self.st.checkpoint_advice
+        if new is None or self.st.phase in ("Succeeded", "Failed"):
+            return
+        if old is None or abs(new.interval_seconds - old.interval_seconds) > old.interval_seconds / 10:
+            self.st.checkpoint_advice = new
+
     def run_gang(self, spec: TrainingJobSpec) -> None:
         st = self.st
         # An elastic gang (gang.minAvailable < replicas) may have started smaller: this attempt
@@ -294,6 +308,9 @@ class _Step:
         size = len(st.placement) or spec.replicas
         self.delete(self.stale_pods(), self.job.grace)
         pods = self.attempt_pods()
+        if spec.preflight and any(p.preflight_failed for p in pods.values()):
+            self.preflight_failed(pods)
+            return
         bad_nodes: list[str] = []
         reasons: list[str] = []
         for placed in st.placement:
@@ -359,6 +376,25 @@ class _Step:
             self.release(spec, "GangTimeout", f"only {ready}/{size} replicas running after "
                          f"{spec.gang.schedule_timeout_seconds}s: released and requeued")
 
+    def preflight_failed(self, pods: Mapping[int, PodFacts]) -> None:
+        """A member failed the gang preflight: exclude the nodes of the members to blame and
+        place the gang again at once; with no one to blame it is an ordinary failure."""
+        failed = [r for r, p in pods.items() if p.preflight_failed]
+        blamed = culprits({r: p.preflight for r, p in pods.items()}, failed)
+        nodes = {r: p.node for r, p in pods.items()}
+        placed = {p.replica: p.node for p in self.st.placement}
+        if not blamed:
+            first = next((p.preflight for p in pods.values() if p.preflight is not None), None)
+            why = f"{first.reason}: {first.message}" if first is not None else "no member left a report"
+            self.interrupt("PreflightFailed", f"gang preflight failed with no member to blame ({why})",
+                           [], count_restart=True)
+            return
+        bad = sorted({nodes.get(r) or placed.get(r, "") for r in blamed} - {""})
+        message = "gang preflight failed: " + "; ".join(
+            f"replica {r} on {nodes.get(r) or placed.get(r) or 'no node'}: {why}"
+            for r, why in list(blamed.items())[:5])
+        self.interrupt("PreflightFailed", message, bad, count_restart=False, preflight=True)
+
     def release(self, spec: TrainingJobSpec, reason: str, message: str) -> None:
         """Give the placement back before the gang ran; requeue after the admission backoff."""
         st = self.st
@@ -380,13 +416,17 @@ class _Step:
         self.plan.create, self.plan.bind = (), False
         self.transition("Failed", "Failed", "True", reason, message, "Warning")
 
-    def interrupt(self, reason: str, message: str, bad_nodes: Sequence[str], count_restart: bool) -> None:
-        """Stop the whole gang, requeue it at the front, avoiding the nodes that failed it."""
+    def interrupt(self, reason: str, message: str, bad_nodes: Sequence[str], count_restart: bool,
+                  preflight: bool = False) -> None:
+        """Stop the whole gang, requeue it at the front, avoiding the nodes that failed it.
+
+        `preflight`: a failed gang preflight that named its culprits: the gang did nothing
+        wrong, its nodes did; it is placed again at once and the restart is not counted."""
         spec = self.job.spec
         assert spec is not None
         policy = spec.restart_policy
         st = self.st
-        failures = st.restarts - st.preemptions
+        failures = st.restarts - st.preemptions - st.preflight_failures
         if count_restart and failures >= policy.max_restarts:
             self.fail("RestartLimitExceeded",
                       f"{message}; {failures} restarts after failures reached maxRestarts={policy.max_restarts}")
@@ -401,11 +441,14 @@ class _Step:
         lost = max(0.0, self.now - since) if attempt_start is not None else 0.0
         st.lost_seconds = round(st.lost_seconds + lost, 1)
         st.restarts += 1
-        if not count_restart:
+        if preflight:
+            st.preflight_failures += 1
+        elif not count_restart:
             st.preemptions += 1
         st.excluded_nodes = sorted(set(st.excluded_nodes) | set(bad_nodes))[-MAX_EXCLUDED_NODES:]
         st.placement, st.replicas_ready, st.admitted_time = [], 0, None
-        wait = backoff_seconds(st.restarts - st.preemptions, policy.backoff_seconds, policy.max_backoff_seconds)
+        wait = backoff_seconds(st.restarts - st.preemptions - st.preflight_failures, policy.backoff_seconds,
+                               policy.max_backoff_seconds)
         if not count_restart:
             wait = 0  # a preempted gang did nothing wrong: it waits only for room
         st.retry_after = to_dt(self.now + wait) if wait else None

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import ssl
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -30,6 +31,9 @@ class Settings:
     resume: bool = False
     checkpoint_dir: str = "/ckpt"
     progress: str = ""  # the job's TrainingJobProgress
+    # The operator's advice (Young/Daly, from the reported save time and the pool's interruption
+    # rate): seconds of training between checkpoints; None until there is advice.
+    checkpoint_interval_seconds: float | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -43,7 +47,33 @@ class Settings:
             resume=e.get("WANKA_RESUME", "0") == "1",
             checkpoint_dir=e.get("WANKA_CHECKPOINT_DIR", "/ckpt"),
             progress=e.get("WANKA_PROGRESS", ""),
+            checkpoint_interval_seconds=_positive(e.get("WANKA_CHECKPOINT_INTERVAL_SECONDS")),
         )
+
+
+def _positive(value: str | None) -> float | None:
+    try:
+        out = float(value or "")
+    except ValueError:
+        return None
+    return out if out > 0 else None
+
+
+class CheckpointTimer:
+    """When to save next: every `interval` seconds of wall time (the operator's advice, or a
+    fallback); `due()` is checked at step boundaries, `saved()` called after each save, which
+    also measures the save for the report."""
+
+    def __init__(self, interval: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.last = clock()
+
+    def due(self) -> bool:
+        return self.interval is not None and self.clock() - self.last >= self.interval
+
+    def saved(self) -> None:
+        self.last = self.clock()
 
 
 class Reporter:
@@ -62,14 +92,19 @@ class Reporter:
         return bool(self.server and self.settings.progress and self.settings.rank == 0
                      and (self.sa_dir / "token").exists())
 
-    def report(self, step: int, path: str, when: float) -> bool:
-        """True when the report reached the API server; never raises (training goes on)."""
+    def report(self, step: int, path: str, when: float, save_seconds: float | None = None) -> bool:
+        """True when the report reached the API server; never raises (training goes on).
+        `save_seconds`: how long the save blocked training; the operator advises the
+        checkpoint interval from it (WANKA_CHECKPOINT_INTERVAL_SECONDS on the next attempt)."""
         if not self.enabled:
             return False
-        body = json.dumps({"spec": {
+        spec: dict[str, object] = {
             "step": step, "path": path,
             "time": datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }}).encode()
+        }
+        if save_seconds is not None:
+            spec["saveSeconds"] = round(max(0.0, save_seconds), 3)
+        body = json.dumps({"spec": spec}).encode()
         ns = self.settings.namespace or (self.sa_dir / "namespace").read_text().strip()
         url = f"{self.server}/apis/wanka.io/v1alpha1/namespaces/{ns}/trainingjobprogresses/{self.settings.progress}"
         req = urllib.request.Request(url, data=body, method="PATCH")
