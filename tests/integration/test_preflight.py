@@ -38,7 +38,7 @@ def run_members(pods: list[Any], tmp: Path, unreachable: int) -> dict[int, tuple
     for pod in pods:
         init = pod.spec.init_containers[-1]
         assert init.name == "wanka-preflight"
-        env = {e.name: e.value for e in init.env}
+        env = {e.name: e.value or "" for e in init.env}  # the API leaves out empty values
         rank = int(env["RANK"])
         result = tmp / f"rank-{rank}.json"
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(closed if rank == unreachable else port),
