@@ -250,3 +250,13 @@ def test_busy_nodes_are_those_with_gpu_pods_or_gang_reservations() -> None:
             {"status": {"phase": "Succeeded", "placement": [{"node": "old"}]}}]
     pods = [pod("gpu"), pod("cpu-only", gpus="0"), pod("done", phase="Succeeded"), pod("checking", burn_in=True)]
     assert busy_nodes(pods, jobs) == {"gpu", "reserved"}
+
+
+def test_a_busy_never_validated_node_recovering_from_a_fault_still_waits_out_the_window() -> None:
+    sick = HealthRecord(state="Sick", since=int(T0), reason="NodeNotReady", watched=int(T0))
+    d = step(sick, obs(busy=True), POLICY, T0 + 30)
+    assert d.state == "Recovering" and d.taint is not None
+    d = step(d.record, obs(busy=True), POLICY, T0 + 31 + 300)
+    assert d.state == "Healthy" and d.record.validated == int(T0 + 331)  # in service, counted
+    idle = step(sick, obs(), POLICY, T0 + 30)
+    assert idle.state == "Onboarding" and idle.burn_in == 1  # idle: the burn-in instead

@@ -42,6 +42,21 @@ def test_a_member_the_others_blame_has_its_node_excluded_and_the_gang_is_placed_
     assert sorted(d.name for d in plan.delete) == ["j-0-a0", "j-1-a0", "j-2-a0"]
 
 
+def test_the_verdict_waits_until_every_member_has_ended_its_preflight() -> None:
+    # The unreachable member gave up first; rank 0 is still waiting for it: no judgement yet
+    # (with only rank 2's report, rank 0 would look like the one nobody could reach).
+    early = [make_pod("j", 0).on("n1").obj(), make_pod("j", 1).on("n2").obj(),
+             make_pod("j", 2).on("n3").preflight(1, report(2, False, "MasterUnreachable")).obj()]
+    plan = plan_for(gang(), early, NODES)
+    assert plan.restart is None and (plan.status is None or plan.status.phase == "Admitted")
+    missing = {2: "did not reach the rendezvous within 60s"}
+    late = [make_pod("j", 0).on("n1").preflight(1, report(0, False, "PeersMissing", missing)).obj(),
+            make_pod("j", 1).on("n2").preflight(1, report(1, False, "PeersMissing", missing)).obj(),
+            early[2]]
+    plan = plan_for(gang(), late, NODES)
+    assert plan.status is not None and plan.status.excluded_nodes == ["n3"]
+
+
 def test_a_preflight_nobody_can_be_blamed_for_counts_as_a_failure_and_backs_off() -> None:
     pods = [make_pod("j", r).on(f"n{r + 1}").preflight(1, report(r, False, "LowBusBandwidth")).obj()
             for r in range(3)]
@@ -56,7 +71,8 @@ def test_preflight_failures_do_not_use_up_max_restarts() -> None:
     job = (make_training_job("j").replicas(3).spec_field("preflight", True)
            .restart_policy(maxRestarts=1).restarts(3).status_field("preflightFailures", 3)
            .admitted(*RUN3, at=NOW - 30).obj())
-    pods = [make_pod("j", 0, 3).on("n1").preflight(1, report(0, False, "SlowMembers", {0: "slow"})).obj()]
+    pods = [make_pod("j", r, 3).on(f"n{r + 1}").preflight(1, report(r, False, "SlowMembers", {0: "slow"})).obj()
+            for r in range(3)]
     plan = plan_for(job, pods, NODES)
     assert plan.status is not None and plan.status.phase == "Restarting"
     assert plan.status.excluded_nodes == ["n1"]

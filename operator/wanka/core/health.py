@@ -451,7 +451,7 @@ def step(
                 now - prev.since >= onb.return_after_not_ready_seconds
             ):
                 onboard = onboard or "Returned"
-            if onboard or (onb is not None and not prev.validated):
+            if onboard or (onb is not None and not prev.validated and not observation.busy):
                 # The burn-in is a stronger check than waiting out the stable window.
                 state, since, reason = HEALTHY, t, ""
                 events.append(_event("Normal", "NodeRecovering",
@@ -587,9 +587,8 @@ def _onboard(
 # a GPU reset clears most ECC and NVLink faults; a GPU that fell off the bus or was lost needs
 # the node rebooted; a failed row remap or repeated faults mean the hardware must be replaced.
 REMEDIATION_BY_REASON: Mapping[str, Remediation] = {
-    "XID31": "reset", "XID43": "reset", "XID45": "reset", "XID48": "reset", "XID61": "reset",
-    "XID62": "reset", "XID63": "reset", "XID74": "reset", "XID92": "reset", "XID94": "reset",
-    "XID95": "reset",
+    "XID48": "reset", "XID61": "reset", "XID62": "reset", "XID63": "reset", "XID74": "reset",
+    "XID92": "reset", "XID94": "reset", "XID95": "reset",
     "XID64": "replace",
     "XID79": "reboot", "XID119": "reboot", "XID120": "reboot", "GPULost": "reboot",
     "DeviceMissing": "reboot", "NVMLInitFailed": "reboot", NODE_NOT_READY: "reboot",

@@ -308,9 +308,17 @@ class _Step:
         size = len(st.placement) or spec.replicas
         self.delete(self.stale_pods(), self.job.grace)
         pods = self.attempt_pods()
+        judging = False
         if spec.preflight and any(p.preflight_failed for p in pods.values()):
-            self.preflight_failed(pods)
-            return
+            # Every member reaches the same verdict, but each on its own clock: judge once all
+            # have ended theirs (the program bounds its run), so a member still waiting for a
+            # missing peer is not taken for one that never reported.
+            ended = [r for r, p in pods.items()
+                     if p.preflight_failed or p.preflight is not None or p.terminal or p.ready]
+            if len(ended) >= size:
+                self.preflight_failed(pods)
+                return
+            judging = True
         bad_nodes: list[str] = []
         reasons: list[str] = []
         for placed in st.placement:
@@ -325,7 +333,7 @@ class _Step:
                 bad_nodes.append(placed.node)
                 reasons.append(f"node {placed.node} is NotReady")
         for replica, pod in sorted(pods.items()):
-            if pod.phase != "Failed":
+            if pod.phase != "Failed" or (judging and pod.preflight_failed):
                 continue
             code = pod.exit_code
             if code is not None and code in spec.restart_policy.no_retry_exit_codes:
