@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
+from wanka.api.gpupool import GPUPoolSpec
+from wanka.cluster.cache import FleetCache
+from wanka.cluster.health import HealthReconciler, burn_in_name, burn_in_pod, busy_nodes, read_burn_in
 from wanka.core.health import (
     BurnIn,
     DeviceRecord,
@@ -212,9 +216,6 @@ def test_the_decision_carries_the_advice_for_a_fatal_fault() -> None:
 
 
 def test_the_default_burn_in_pod_holds_every_device_and_runs_the_agents_check() -> None:
-    from wanka.api.gpupool import GPUPoolSpec
-    from wanka.cluster.health import burn_in_name, burn_in_pod, read_burn_in
-
     spec = GPUPoolSpec.model_validate({"nodeSelector": {}, "onboarding": {"timeoutSeconds": 300}})
     node = {"metadata": {"name": "gpu-7", "uid": "u7"},
             "status": {"allocatable": {"nvidia.com/gpu": "8"}}}
@@ -239,8 +240,6 @@ def test_the_default_burn_in_pod_holds_every_device_and_runs_the_agents_check() 
 
 
 def test_busy_nodes_are_those_with_gpu_pods_or_gang_reservations() -> None:
-    from wanka.cluster.health import busy_nodes
-
     def pod(node: str, gpus: str = "1", phase: str = "Running", burn_in: bool = False) -> dict[str, object]:
         labels = {"wanka.io/burn-in": "1"} if burn_in else {}
         return {"metadata": {"labels": labels}, "spec": {"nodeName": node, "containers": [
@@ -260,3 +259,69 @@ def test_a_busy_never_validated_node_recovering_from_a_fault_still_waits_out_the
     assert d.state == "Healthy" and d.record.validated == int(T0 + 331)  # in service, counted
     idle = step(sick, obs(), POLICY, T0 + 30)
     assert idle.state == "Onboarding" and idle.burn_in == 1  # idle: the burn-in instead
+
+
+class _Fakes:
+    """The health loop's outlets, recording what it sends; `objects_fail` makes every object
+    write (pods, remediation objects) fail as a misconfigured kind or a refusing API would."""
+
+    def __init__(self, objects_fail: bool = False) -> None:
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+        self.created: list[str] = []
+        self.events: list[str] = []
+        self.objects_fail = objects_fail
+
+    def patch_node(self, name: str, body: dict[str, Any]) -> None:
+        self.patches.append((name, body))
+
+    def record(self, obj: object, type_: object, reason: str, message: str) -> None:
+        self.events.append(reason)
+
+    def create(self, path: str, body: object) -> None:
+        if self.objects_fail:
+            raise LookupError("the API serves no kind NodeRepair in test.wanka.io/v1")
+        self.created.append(path)
+
+    def delete(self, path: str) -> None:
+        if self.objects_fail:
+            raise LookupError("no")
+
+    def resource_path(self, api_version: str, kind: str, namespace: str | None) -> str:
+        if self.objects_fail:
+            raise LookupError(f"the API serves no kind {kind} in {api_version}")
+        return "/apis/test.wanka.io/v1/namespaces/default/noderepairs"
+
+
+def _loop(fakes: _Fakes, pool_spec: dict[str, object]) -> HealthReconciler:
+    cache = FleetCache()
+    cache.store("gpupools").replace([{"apiVersion": "wanka.io/v1alpha1", "kind": "GPUPool",
+                                      "metadata": {"name": "p", "resourceVersion": "1"},
+                                      "spec": {"nodeSelector": {"matchLabels": {"pool": "p"}}, **pool_spec}}])
+    cache.store("nodes").replace([{"metadata": {"name": "n1", "uid": "u1", "resourceVersion": "5",
+                                                "labels": {"pool": "p"}},
+                                   "status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": [
+                                       {"type": "Ready", "status": "True"},
+                                       {"type": "GPUHealthy", "status": "False", "reason": "XID79"}]}}])
+    return HealthReconciler(cache, fakes, fakes, clock=lambda: T0, objects=fakes)
+
+
+def test_a_remediation_kind_that_is_not_served_never_holds_back_the_taint() -> None:
+    fakes = _Fakes(objects_fail=True)
+    _loop(fakes, {"health": {"fatalReasons": ["XID79"]},
+                  "remediation": {"object": {"apiVersion": "test.wanka.io/v1", "kind": "NodeRepair",
+                                             "namespace": "default"}}}).reconcile_all()
+    (_, body), = fakes.patches
+    assert body["spec"] == {"taints": [{"key": "wanka.io/unhealthy", "value": "XID79", "effect": "NoExecute"}]}
+    annotations = body["metadata"]["annotations"]
+    assert "wanka.io/remediation" not in annotations  # not done: tried again on the next pass
+    assert "RemediationFailed" in fakes.events and "NodeSick" in fakes.events
+
+
+def test_the_remediation_object_is_created_before_the_annotation_says_so() -> None:
+    fakes = _Fakes()
+    _loop(fakes, {"health": {"fatalReasons": ["XID79"]},
+                  "remediation": {"object": {"apiVersion": "test.wanka.io/v1", "kind": "NodeRepair",
+                                             "namespace": "default"}}}).reconcile_all()
+    assert fakes.created == ["/apis/test.wanka.io/v1/namespaces/default/noderepairs"]
+    (_, body), = fakes.patches
+    assert body["metadata"]["annotations"]["wanka.io/remediation"] == "reboot"

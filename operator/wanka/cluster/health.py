@@ -417,6 +417,13 @@ class HealthReconciler:
         except Exception:
             log.debug("could not record the failure on node %s", name, exc_info=True)
 
+    def _side_error(self, node: Mapping[str, Any], reason: str, exc: Exception) -> None:
+        RECONCILE_ERRORS.labels("node").inc()
+        message = (f"the API answered {exc.status} {exc.reason}: {exc.body}" if isinstance(exc, ApiException)
+                   else f"{type(exc).__name__}: {exc}")[:1024]
+        log.warning("node %s: %s: %s", node["metadata"]["name"], reason, message)
+        self.events.record({**node, "apiVersion": "v1", "kind": "Node"}, "Warning", reason, message)
+
     def _apply(
         self, pool: Mapping[str, Any], pool_name: str, node: Mapping[str, Any],
         decision: HealthDecision, held: bool, now: float, spec: GPUPoolSpec | None = None,
@@ -431,15 +438,29 @@ class HealthReconciler:
         onboarding = spec is not None and spec.onboarding is not None
         taints = desired_taints(node, want, decision.onboarding if onboarding or decision.onboarding
                                 else False)
+        remedy = decision.remediation
         if spec is not None:
-            self._burn_in(spec, pool_name, node, decision)
-            self._remediate(spec, node, decision)
+            # Neither a burn-in pod the API refuses nor a remediation kind that is not served
+            # may hold back the node's record and taint: each fails alone, with an Event.
+            try:
+                self._burn_in(spec, pool_name, node, decision)
+            except NotLeader:
+                raise
+            except Exception as exc:
+                self._side_error(node, "BurnInPodFailed", exc)
+            try:
+                self._remediate(spec, node, decision)
+            except NotLeader:
+                raise
+            except Exception as exc:
+                self._side_error(node, "RemediationFailed", exc)
+                remedy = annotations.get(REMEDIATION_ANNOTATION)  # not done: tried again next pass
         body: dict[str, Any] = {"metadata": {"resourceVersion": meta.get("resourceVersion")}}
         patch_annotations: dict[str, str | None] = {}
         if old_record != new_record:
             patch_annotations[HEALTH_ANNOTATION] = new_record
-        if annotations.get(REMEDIATION_ANNOTATION) != decision.remediation:
-            patch_annotations[REMEDIATION_ANNOTATION] = decision.remediation
+        if annotations.get(REMEDIATION_ANNOTATION) != remedy:
+            patch_annotations[REMEDIATION_ANNOTATION] = remedy
         if patch_annotations:
             body["metadata"]["annotations"] = patch_annotations
         if taints != ((node.get("spec") or {}).get("taints") or []):
