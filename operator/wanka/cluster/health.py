@@ -23,7 +23,7 @@ from wanka import __version__
 from wanka.api.gpupool import GPUPoolSpec
 from wanka.cluster.cache import FleetCache
 from wanka.cluster.fence import Fence, NotLeader, check
-from wanka.cluster.kube import request_json, side_by_side
+from wanka.cluster.kube import api_message, request_json, side_by_side
 from wanka.cluster.pools import parse_spec
 from wanka.cluster.translate import device_count, labels
 from wanka.core.health import (
@@ -85,12 +85,11 @@ DEFAULT_IMAGE = f"ghcr.io/wanka-io/wanka:{__version__}"
 
 
 def desired_taints(node: Mapping[str, Any], taint: Taint | None,
-                   onboarding: bool | None = None) -> list[dict[str, Any]]:
-    """The node's taints with ours replaced by `taint` (or removed), and the onboarding taint
-    added or removed (`onboarding` None: left as it is)."""
-    ours = {TAINT_KEY} | ({ONBOARDING_TAINT_KEY} if onboarding is not None else set())
+                   onboarding: bool = False) -> list[dict[str, Any]]:
+    """The node's taints with ours replaced: `wanka.io/unhealthy` by `taint` (or removed), and
+    `wanka.io/onboarding` present only while `onboarding`."""
     current = (node.get("spec") or {}).get("taints") or []
-    out = [t for t in current if t.get("key") not in ours]
+    out = [t for t in current if t.get("key") not in (TAINT_KEY, ONBOARDING_TAINT_KEY)]
     if taint is not None:
         out.append({"key": TAINT_KEY, "value": taint.value, "effect": taint.effect})
     if onboarding:
@@ -332,7 +331,7 @@ class HealthReconciler:
 
     def reconcile_pool(
         self, pool: Mapping[str, Any], name: str, policy: HealthPolicy, nodes: list[dict[str, Any]],
-        spec: GPUPoolSpec | None = None,
+        spec: GPUPoolSpec,
     ) -> None:
         now = self.clock()
         decisions: dict[str, HealthDecision] = {}
@@ -404,29 +403,23 @@ class HealthReconciler:
         # Each node's write is its own (a fleet that joins at once gets its records side by side).
         side_by_side(apply, [n for n in nodes if n["metadata"]["name"] not in steady])
 
-    def _node_error(self, node: Mapping[str, Any], exc: Exception) -> None:
-        """An error handling one node: an Event on it and a metric; the other nodes go on."""
+    def _node_error(self, node: Mapping[str, Any], exc: Exception, reason: str = "ReconcileError") -> None:
+        """An error handling one node (or one of its side objects, under `reason`): an Event on
+        it and a metric; the other nodes, and the rest of this one, go on."""
         RECONCILE_ERRORS.labels("node").inc()
         name = node["metadata"]["name"]
-        log.warning("health of node %s not reconciled: %s: %s", name, type(exc).__name__, exc,
+        log.warning("node %s: %s: %s: %s", name, reason, type(exc).__name__, exc,
                     exc_info=not isinstance(exc, (ApiException, LookupError)))
-        message = (f"the API answered {exc.status} {exc.reason}" if isinstance(exc, ApiException)
+        message = (f"the API answered {exc.status} {api_message(exc)}" if isinstance(exc, ApiException)
                    else f"{type(exc).__name__}: {exc}")[:1024]
         try:
-            self.events.record({**node, "apiVersion": "v1", "kind": "Node"}, "Warning", "ReconcileError", message)
+            self.events.record({**node, "apiVersion": "v1", "kind": "Node"}, "Warning", reason, message)
         except Exception:
             log.debug("could not record the failure on node %s", name, exc_info=True)
 
-    def _side_error(self, node: Mapping[str, Any], reason: str, exc: Exception) -> None:
-        RECONCILE_ERRORS.labels("node").inc()
-        message = (f"the API answered {exc.status} {exc.reason}: {exc.body}" if isinstance(exc, ApiException)
-                   else f"{type(exc).__name__}: {exc}")[:1024]
-        log.warning("node %s: %s: %s", node["metadata"]["name"], reason, message)
-        self.events.record({**node, "apiVersion": "v1", "kind": "Node"}, "Warning", reason, message)
-
     def _apply(
         self, pool: Mapping[str, Any], pool_name: str, node: Mapping[str, Any],
-        decision: HealthDecision, held: bool, now: float, spec: GPUPoolSpec | None = None,
+        decision: HealthDecision, held: bool, now: float, spec: GPUPoolSpec,
     ) -> None:
         meta = node.get("metadata") or {}
         annotations = meta.get("annotations") or {}
@@ -435,26 +428,23 @@ class HealthReconciler:
         had = current_taint(node)
         # The guard holds back NEW taints only; a taint already there stays until recovery.
         want = decision.taint if not (held and had is None) else None
-        onboarding = spec is not None and spec.onboarding is not None
-        taints = desired_taints(node, want, decision.onboarding if onboarding or decision.onboarding
-                                else False)
+        taints = desired_taints(node, want, decision.onboarding)
         remedy = decision.remediation
-        if spec is not None:
-            # Neither a burn-in pod the API refuses nor a remediation kind that is not served
-            # may hold back the node's record and taint: each fails alone, with an Event.
-            try:
-                self._burn_in(spec, pool_name, node, decision)
-            except NotLeader:
-                raise
-            except Exception as exc:
-                self._side_error(node, "BurnInPodFailed", exc)
-            try:
-                self._remediate(spec, node, decision)
-            except NotLeader:
-                raise
-            except Exception as exc:
-                self._side_error(node, "RemediationFailed", exc)
-                remedy = annotations.get(REMEDIATION_ANNOTATION)  # not done: tried again next pass
+        # Neither a burn-in pod the API refuses nor a remediation kind that is not served may
+        # hold back the node's record and taint: each fails alone, with an Event.
+        try:
+            self._burn_in(spec, pool_name, node, decision)
+        except NotLeader:
+            raise
+        except Exception as exc:
+            self._node_error(node, exc, "BurnInPodFailed")
+        try:
+            self._remediate(spec, node, decision)
+        except NotLeader:
+            raise
+        except Exception as exc:
+            self._node_error(node, exc, "RemediationFailed")
+            remedy = annotations.get(REMEDIATION_ANNOTATION)  # not done: tried again next pass
         body: dict[str, Any] = {"metadata": {"resourceVersion": meta.get("resourceVersion")}}
         patch_annotations: dict[str, str | None] = {}
         if old_record != new_record:

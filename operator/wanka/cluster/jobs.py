@@ -41,7 +41,7 @@ from wanka.cluster.cache import FleetCache
 from wanka.cluster.cache import version as version_of
 from wanka.cluster.fence import NotLeader
 from wanka.cluster.jobio import FINALIZER, Conflict, JobIO
-from wanka.cluster.kube import side_by_side
+from wanka.cluster.kube import api_message, side_by_side
 from wanka.cluster.ledger import ledger_allocations, placement_of
 from wanka.cluster.manifests import (
     ATTEMPT_LABEL,
@@ -1063,14 +1063,3 @@ class JobReconciler:
                 reason, message = describe_error(exc)
                 self.events.record({**raw, "apiVersion": "wanka.io/v1alpha1", "kind": "TenantQueue"},
                                    "Warning", reason, message)
-
-
-def api_message(exc: ApiException) -> str:
-    """The message of the Status the API answered with, else its reason phrase."""
-    import json
-
-    try:
-        body = json.loads(exc.body or "{}")
-    except (ValueError, TypeError):
-        body = {}
-    return str(body.get("message") or exc.reason or "")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, overload
 
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 LOCAL_KUBECONFIG = Path(".wanka/kubeconfig")
 KUBECONFIG_HELP = "kubeconfig file (default: $KUBECONFIG, .wanka/kubeconfig, in-cluster, ~/.kube/config)"
@@ -191,3 +192,14 @@ def request_json(api: client.ApiClient, method: str, path: str, body: Any = None
     finally:
         resp.release_conn()  # back to the pool: unread, it would cost a TLS handshake per call
     return dict(json.loads(data)) if data else {}
+
+
+def api_message(exc: ApiException) -> str:
+    """The message of the Status the API answered with, else its reason phrase."""
+    import json
+
+    try:
+        body = json.loads(exc.body or "{}")
+    except (ValueError, TypeError):
+        body = {}
+    return str(body.get("message") or exc.reason or "")
