@@ -186,8 +186,13 @@ def test_a_node_with_a_fatal_fault_gets_the_remediation_object_until_it_recovers
     assert obj["spec"] == {"strategy": "Reboot"}
     assert obj["metadata"]["labels"]["wanka.io/remediation"] == "reboot"
     assert obj["metadata"]["annotations"]["wanka.io/reason"] == "XID79"
-    assert cluster.core.read_node(node).metadata.annotations["wanka.io/remediation"] == "reboot"
-    assert "RemediationRequested" in [e.reason for e in cluster.events_for(node)]
+    # The object is created first and the node's annotation written after it (so a restarted
+    # operator neither repeats nor forgets it): seeing the object does not mean the annotation is
+    # there yet.
+    wait_for(lambda: (cluster.core.read_node(node).metadata.annotations or {})
+             .get("wanka.io/remediation") == "reboot", 10, what="the node's remediation annotation")
+    wait_for(lambda: "RemediationRequested" in [e.reason for e in cluster.events_for(node)], 10,
+             what="the RemediationRequested Event")
     holds(lambda: repair() is not None, 2, what="the object stays while the node is sick")
 
     set_gpu_condition(cluster, node, "True", "GPUsHealthy")
