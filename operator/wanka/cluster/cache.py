@@ -146,7 +146,7 @@ class Store:
             return len(self.objects)
 
 
-KINDS = ("nodes", "pods", "gpupools", "trainingjobs", "tenantqueues", "trainingjobprogresses", "namespaces")
+KINDS = ("nodes", "pods", "gpupools", "trainingjobs", "tenantqueues", "trainingjobprogresses", "namespaces", "jobs")
 
 
 class _Lag:

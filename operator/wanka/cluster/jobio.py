@@ -112,6 +112,39 @@ class JobIO:
             if exc.status != 404:
                 raise
 
+    # --- pods and batch Jobs other controllers made (cluster/units.py) ---------------------
+    def annotate_pod(self, ns: str, name: str, annotations: Mapping[str, str | None],
+                     version: str | None = None) -> dict[str, Any]:
+        """Merge-patch a pod's annotations (None removes one), only if it is still at `version`
+        when given; returns the pod as stored. A pod gone or changed is a Conflict."""
+        check(self.fence, f"annotate pod {ns}/{name}")
+        meta: dict[str, Any] = {"annotations": dict(annotations)}
+        if version:
+            meta["resourceVersion"] = version
+        return self._patch(f"/api/v1/namespaces/{ns}/pods/{name}", {"metadata": meta}, f"pod {ns}/{name}")
+
+    def pod_condition(self, ns: str, name: str, condition: Mapping[str, Any]) -> None:
+        """Set one condition in a pod's status (PodScheduled=False while it waits)."""
+        check(self.fence, f"write status of pod {ns}/{name}")
+        self._patch(f"/api/v1/namespaces/{ns}/pods/{name}/status",
+                    {"status": {"conditions": [dict(condition)]}}, f"pod {ns}/{name}",
+                    "application/strategic-merge-patch+json")
+
+    def patch_batch_job(self, ns: str, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge-patch a batch/v1 Job (suspend, its placement); put a resourceVersion in `body`
+        to make it conditional."""
+        check(self.fence, f"patch Job {ns}/{name}")
+        return self._patch(f"/apis/batch/v1/namespaces/{ns}/jobs/{name}", body, f"Job {ns}/{name}")
+
+    def _patch(self, path: str, body: Mapping[str, Any], what: str,
+               content_type: str = "application/merge-patch+json") -> dict[str, Any]:
+        try:
+            return request_json(self.api, "PATCH", path, dict(body), content_type=content_type)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                raise Conflict(f"{what}: {exc.reason}") from exc
+            raise
+
     def read_configmap(self, ns: str, name: str) -> dict[str, Any] | None:
         try:
             return dict(self.core.read_namespaced_config_map(name, ns).to_dict())

@@ -37,6 +37,7 @@ from wanka.api.trainingjob import (
     TrainingJobSpec,
     TrainingJobStatus,
 )
+from wanka.cluster import consumers
 from wanka.cluster.cache import FleetCache
 from wanka.cluster.cache import version as version_of
 from wanka.cluster.fence import NotLeader
@@ -71,6 +72,7 @@ from wanka.cluster.translate import (
     pod_requests,
     pool_membership,
 )
+from wanka.cluster.units import UnitWriter, nominated
 from wanka.core import lifecycle, podpolicy
 from wanka.core.advice import advise, interruption_rate
 from wanka.core.lifecycle import ACTIVE, JobFacts, NodeFacts, PodFacts, VictimFacts
@@ -111,7 +113,8 @@ QUIET_SECONDS = 60.0
 # A pool's waiting gangs are offered to a new cycle when anything changed, and at least this often.
 CYCLE_SECONDS = 10.0
 # The stores the job loop reads.
-INPUTS = ("trainingjobs", "pods", "nodes", "gpupools", "tenantqueues", "trainingjobprogresses", "namespaces")
+INPUTS = ("trainingjobs", "pods", "nodes", "gpupools", "tenantqueues", "trainingjobprogresses", "namespaces",
+          "jobs")
 # A gang's own writes (pods, binds) go side by side, on the "gang" threads (a job's worker
 # waits on them, so never on its own pool), from this many members on: smaller gangs go one by
 # one, as the pass already runs WRITERS jobs at once.
@@ -417,6 +420,14 @@ class JobReconciler:
     _cycles: dict[str, tuple[tuple[int, ...], frozenset[str], float]] = field(default_factory=dict)
     # After a pass that left every job settled: (store changes, until when to trust it).
     _idle: tuple[tuple[int, ...], float] | None = None
+    _units: UnitWriter | None = None
+
+    @property
+    def units(self) -> UnitWriter:
+        """Writes for plain Pods, pod groups and batch Jobs (cluster/units.py)."""
+        if self._units is None:
+            self._units = UnitWriter(self.cache, self.io, self.events, self.clock)
+        return self._units
 
     # --- reading the cache ---------------------------------------------------------------
     def _jobs(self) -> list[Job]:
@@ -566,10 +577,16 @@ class JobReconciler:
             if wants and job.spec is not None:
                 pending.setdefault(job.spec.pool, []).append(job)
         by_key = {j.key: j for j in jobs}
+        units = consumers.collect_units(self.cache.store("pods").values(), self.cache.store("jobs").values())
+        offers = self._offer_units(units, pools, queues, by_key, nodes, now)
+        unit_pending: dict[str, list[tuple[consumers.Unit, GangRequest]]] = {}
+        for unit, req in offers:
+            unit_pending.setdefault(req.pool, []).append((unit, req))
         cycles, self._cycles = self._cycles, {}
         try:
-            for pool_name, waiting in sorted(pending.items()):
-                offered = frozenset(j.key for j in waiting)
+            for pool_name in sorted(set(pending) | set(unit_pending)):
+                waiting = pending.get(pool_name, [])
+                offered = frozenset([j.key for j in waiting] + [r.owner for _, r in unit_pending.get(pool_name, [])])
                 cycle = cycles.get(pool_name)
                 if (cycle is not None and cycle[0] == self.cache.changes(*INPUTS) and cycle[1] == offered
                         and now < cycle[2] and not any(j.stored is not None for j in waiting)):
@@ -578,8 +595,9 @@ class JobReconciler:
                     self._cycles[pool_name] = cycle
                     continue
                 try:
-                    ready = self._nominations(waiting, by_key, nodes, now)
-                    self._schedule_pool(pool_name, pools.get(pool_name), ready, jobs, queues, now)
+                    ready = self._nominations(waiting, by_key, nodes, now, units)
+                    self._schedule_pool(pool_name, pools.get(pool_name), ready, jobs, queues, now,
+                                        unit_pending.get(pool_name, []), units)
                 except NotLeader:
                     raise  # this replica must stop writing altogether
                 except Exception as exc:
@@ -595,15 +613,17 @@ class JobReconciler:
             # offered): written now, so it never waits unseen.
             held = [j for js in pending.values() for j in js if j.stored is not None]
             side_by_side(lambda j: self._write(j, j.status), held)
-        self._queue_statuses(jobs, queues, pools)
+        self._queue_statuses(jobs, queues, pools, units)
         # What this pass leaves, to tell the next one whether anything happened in between.
         after = self.cache.changes(*INPUTS)
-        for pool_name, waiting in pending.items():
+        for pool_name in set(pending) | set(unit_pending):
             if pool_name not in self._cycles:
-                self._cycles[pool_name] = (after, frozenset(j.key for j in waiting), now + CYCLE_SECONDS)
+                offered = frozenset([j.key for j in pending.get(pool_name, [])]
+                                    + [r.owner for _, r in unit_pending.get(pool_name, [])])
+                self._cycles[pool_name] = (after, offered, now + CYCLE_SECONDS)
             else:
                 self._cycles[pool_name] = (after, *self._cycles[pool_name][1:])
-        if not pending and len(self._quiet) == len(jobs):
+        if not pending and not unit_pending and len(self._quiet) == len(jobs):
             self._idle = (after, min((until for _, until in self._quiet.values()), default=now + QUIET_SECONDS))
 
     def _carry_out(self, job: Job, plan: lifecycle.Plan, pools: Mapping[str, GPUPoolSpec],
@@ -675,32 +695,48 @@ class JobReconciler:
                       job.generation, to_dt(self.clock()))
         self._write(job, st)
 
+    def _victim(self, key: str, by_key: Mapping[str, Job], units: Mapping[str, consumers.Unit],
+                nodes: Mapping[str, Mapping[str, Any]], now: float) -> VictimFacts | None:
+        """A nominated victim as it stands now: None once it is gone altogether."""
+        victim = by_key.get(key)
+        if victim is not None:
+            nodes_of = self._nodes_of(victim, nodes)
+            holding = any(not p.terminal and not lifecycle.gone(p, nodes_of, now)
+                          for p in map(pod_facts, victim.pods))
+            return VictimFacts(active=victim.status.phase in ACTIVE, holding=holding)
+        unit = units.get(key)
+        if unit is None:
+            return None
+        return VictimFacts(active=unit.admitted or bool(unit.bound_pods or unit.reserved_pods),
+                           holding=unit.holding)
+
+    def _preempt_again(self, key: str, by: str, by_key: Mapping[str, Job], units: Mapping[str, consumers.Unit],
+                       nodes: Mapping[str, Mapping[str, Any]], now: float) -> None:
+        """Send an interruption a crash lost between the nomination and the victim."""
+        message = f"preempted by {by} (nominated earlier)"
+        victim = by_key.get(key)
+        if victim is not None:
+            self._apply(victim, lifecycle.preempt(
+                victim.facts(), [pod_facts(p) for p in victim.pods], self._nodes_of(victim, nodes), now, message))
+        elif key in units:
+            self.units.preempt(units[key], message)
+
     def _nominations(
         self, waiting: list[Job], by_key: Mapping[str, Job], nodes: Mapping[str, Mapping[str, Any]], now: float,
+        units: Mapping[str, consumers.Unit] | None = None,
     ) -> list[Job]:
         """Preemptors wait for the victims they nominated instead of picking new ones; an
         interruption lost to a crash between the nomination and the victim is sent again."""
+        units = units or {}
         ready = []
         for job in waiting:
             if not job.status.nominated_victims:
                 ready.append(job)
                 continue
-            victims: dict[str, VictimFacts | None] = {}
-            for key in job.status.nominated_victims:
-                victim = by_key.get(key)
-                if victim is None:
-                    victims[key] = None
-                    continue
-                nodes_of = self._nodes_of(victim, nodes)
-                holding = any(not p.terminal and not lifecycle.gone(p, nodes_of, now)
-                              for p in map(pod_facts, victim.pods))
-                victims[key] = VictimFacts(active=victim.status.phase in ACTIVE, holding=holding)
+            victims = {key: self._victim(key, by_key, units, nodes, now) for key in job.status.nominated_victims}
             again, stopping = lifecycle.nomination(victims)
             for key in again:
-                victim = by_key[key]
-                self._apply(victim, lifecycle.preempt(
-                    victim.facts(), [pod_facts(p) for p in victim.pods], self._nodes_of(victim, nodes), now,
-                    f"preempted by {job.key} (nominated earlier)"))
+                self._preempt_again(key, job.key, by_key, units, nodes, now)
             if stopping:
                 self._apply(job, lifecycle.wait(job.facts(), "Preempting",
                                                 f"waiting for {len(stopping)} preempted gang(s) to stop: "
@@ -710,6 +746,82 @@ class JobReconciler:
                                             nominated=[]))
             ready.append(job)
         return ready
+
+    # --- plain Pods, pod groups, batch Jobs ------------------------------------------------
+    def _offer_units(
+        self, units: Mapping[str, consumers.Unit], pools: Mapping[str, GPUPoolSpec],
+        queues: Mapping[str, tuple[TenantQueueSpec, dict[str, Any]]], by_key: Mapping[str, Job],
+        nodes: Mapping[str, Mapping[str, Any]], now: float,
+    ) -> list[tuple[consumers.Unit, GangRequest]]:
+        """Each unit's request for this pass's cycles, once what earlier passes began is
+        finished; a unit that cannot be one says why on itself. Side by side, each isolated."""
+        specs = {name: q for name, (q, _) in queues.items()}
+        namespaces = self.cache.store("namespaces")
+
+        def one(unit: consumers.Unit) -> tuple[consumers.Unit, GangRequest] | None:
+            try:
+                ns_labels = (namespaces.get("", unit.namespace) or {}).get("metadata", {}).get("labels") or {}
+                why = consumers.problem(unit, pools, specs, ns_labels)
+                if why is not None:
+                    if unit.free_pods or (unit.batch is not None and unit.suspended):
+                        self.units.wait(unit, *why)
+                    return None
+                pool = pools[unit.pool]
+                if not self.units.settle(unit, pool):
+                    return None
+                victims = nominated(unit)
+                if victims:
+                    facts = {key: self._victim(key, by_key, units, nodes, now) for key in victims}
+                    again, stopping = lifecycle.nomination(facts)
+                    for key in again:
+                        self._preempt_again(key, unit.key, by_key, units, nodes, now)
+                    if stopping:
+                        self.units.wait(unit, "Preempting", f"waiting for {len(stopping)} preempted gang(s) "
+                                        f"to stop: {', '.join(stopping[:5])}")
+                        return None
+                    self.units.nominate(unit, [])
+                held = unit.admitted or bool(unit.bound_pods or unit.reserved_pods)
+                owner = f"{unit.key}+" if held else unit.key
+                replicas = unit.size if unit.kind == "Job" else len(unit.free_pods)
+                return unit, consumers.request(unit, pool, owner, replicas)
+            except NotLeader:
+                raise  # this replica must stop writing altogether
+            except Exception as exc:  # one unit's trouble must never stall the others
+                self._isolate_unit(unit, exc)
+                return None
+
+        return [o for o in side_by_side(one, list(units.values())) if o is not None]
+
+    def _isolate_unit(self, unit: consumers.Unit, exc: Exception) -> None:
+        if isinstance(exc, Conflict):
+            log.info("%s changed under us (%s); the next pass decides again", unit.key, exc)
+            return
+        RECONCILE_ERRORS.labels("pod" if unit.batch is None else "job").inc()
+        reason, message = describe_error(exc)
+        log.warning("%s: %s (%s); the others go on", unit.key, message, reason,
+                    exc_info=not isinstance(exc, ApiException))
+        try:
+            record = unit.record
+            kind = ("v1", "Pod") if unit.batch is None else ("batch/v1", "Job")
+            self.events.record({**record, "apiVersion": kind[0], "kind": kind[1]}, "Warning", reason, message)
+        except Exception:  # the API may be the trouble itself
+            log.debug("could not record the failure on %s", unit.key, exc_info=True)
+
+    def _running_units(self, pool_name: str, pool: GPUPoolSpec,
+                       units: Mapping[str, consumers.Unit]) -> list[GangRequest]:
+        """The pool's units holding devices, as running gangs (their quota, and victims)."""
+        out = []
+        for unit in units.values():
+            if unit.pool != pool_name:
+                continue
+            held = len(unit.placement) if unit.admitted else len(unit.bound_pods) + len(unit.reserved_pods)
+            if not held:
+                continue
+            try:
+                out.append(consumers.running_request(unit, pool, held))
+            except Exception as exc:  # it still holds its devices; it only cannot be a victim
+                log.warning("%s is not a preemption candidate: %s", unit.key, exc)
+        return out
 
     # --- an admitted gang ----------------------------------------------------------------
     def _materialize(self, job: Job, pool: GPUPoolSpec, missing: Iterable[int]) -> None:
@@ -815,7 +927,10 @@ class JobReconciler:
     def _schedule_pool(
         self, pool_name: str, pool: GPUPoolSpec | None, waiting: list[Job], jobs: list[Job],
         queues: Mapping[str, tuple[TenantQueueSpec, dict[str, Any]]], now: float,
+        unit_waiting: list[tuple[consumers.Unit, GangRequest]] | None = None,
+        units: Mapping[str, consumers.Unit] | None = None,
     ) -> None:
+        unit_waiting, units = unit_waiting or [], units or {}
         if pool is None:
             for job in waiting:
                 self._wait(job, "NoPool", f"GPUPool {pool_name} does not exist or is invalid")
@@ -839,6 +954,7 @@ class JobReconciler:
         active = [j for j in jobs if j.spec is not None and j.spec.pool == pool_name
                   and j.status.phase in ACTIVE]
         ledger = [a for j in active for a in reservations(j)]
+        ledger += [a for u in units.values() if u.pool == pool_name for a in consumers.batch_ledger(u, pool)]
         node_objs = self.cache.store("nodes").values()
         # A node several pools select is in none of them: the same rule as pool status.
         view = build_pool_snapshot(pool, node_objs, self.cache.store("pods").values(), ledger,
@@ -849,6 +965,9 @@ class JobReconciler:
                 running.append(job_request(j, pool, resuming=False, placed=True))
             except Exception as exc:  # its ledger still holds its devices; it only cannot be a victim
                 log.warning("running gang %s is not a preemption candidate: %s", j.key, exc)
+        running += self._running_units(pool_name, pool, units)
+        requests += [req for _, req in unit_waiting]
+        by_owner = {req.owner: unit for unit, req in unit_waiting}
         queue_specs = core_queues(queues)
         if not requests:
             return
@@ -871,6 +990,9 @@ class JobReconciler:
         nodes = {n["metadata"]["name"]: n for n in node_objs}
 
         def decide(decision: Decision) -> str | None:
+            if decision.owner in by_owner and not isinstance(decision, Preempt):
+                return self._decide_unit(by_owner[decision.owner], decision, pool,
+                                         [v.owner for v in victims.get(decision.owner, [])])
             target = by_key.get(decision.owner)
             if target is None or isinstance(decision, Preempt):
                 return None
@@ -896,6 +1018,14 @@ class JobReconciler:
             for decision in victims[preemptor]:
                 victim = by_key.get(decision.owner)
                 if victim is None:
+                    unit = units.get(decision.owner)
+                    if unit is not None:
+                        try:
+                            self.units.preempt(unit, f"preempted by {decision.preemptor}: {decision.reason}")
+                        except NotLeader:
+                            raise
+                        except Exception as exc:
+                            self._isolate_unit(unit, exc)
                     continue
                 try:
                     self._apply(victim, lifecycle.preempt(
@@ -905,6 +1035,24 @@ class JobReconciler:
                     raise  # this replica must stop writing altogether
                 except Exception as exc:
                     self._isolate(victim, exc)
+
+    def _decide_unit(self, unit: consumers.Unit, decision: Admit | Wait, pool: GPUPoolSpec,
+                     victims: list[str]) -> str | None:
+        """Carry out the cycle's decision for a unit; returns its key when it nominated victims."""
+        try:
+            if isinstance(decision, Admit):
+                self.units.admit(unit, decision, pool)
+                return None
+            if decision.cause == "Preempting" and victims:
+                self.units.nominate(unit, victims)  # before any victim is stopped
+                self.units.wait(unit, decision.cause, decision.reason)
+                return decision.owner
+            self.units.wait(unit, decision.cause, decision.reason)
+        except NotLeader:
+            raise
+        except Exception as exc:  # this unit's trouble only
+            self._isolate_unit(unit, exc)
+        return None
 
     def _apply_decision(self, job: Job, decision: Admit | Preempt | Wait, now: float,
                         victims: list[str]) -> None:
@@ -1015,14 +1163,31 @@ class JobReconciler:
     # --- queues --------------------------------------------------------------------------
     def _queue_statuses(
         self, jobs: list[Job], queues: Mapping[str, tuple[TenantQueueSpec, dict[str, Any]]],
-        pools: Mapping[str, GPUPoolSpec],
+        pools: Mapping[str, GPUPoolSpec], units: Mapping[str, consumers.Unit] | None = None,
     ) -> None:
         if self.status_writer is None:
             return
+        unit_usage: dict[str, dict[str, float]] = {}
+        unit_counts: dict[str, tuple[int, int]] = {}
+        for unit in (units or {}).values():
+            pool = pools.get(unit.pool)
+            if pool is None or not unit.queue:
+                continue
+            held = len(unit.placement) if unit.admitted else len(unit.bound_pods) + len(unit.reserved_pods)
+            try:
+                shape = consumers.shape_of(unit.template, pool)
+            except InvalidRequest:
+                continue
+            per = shape.gpus or (shape.milli / WHOLE) or (1 / 7 if shape.mig_profile else 0)
+            mine_u = unit_usage.setdefault(unit.queue, {})
+            mine_u[unit.pool] = mine_u.get(unit.pool, 0) + held * per
+            running_n, pending_n = unit_counts.get(unit.queue, (0, 0))
+            unit_counts[unit.queue] = (running_n + (1 if held else 0),
+                                       pending_n + (1 if unit.free_pods or unit.suspended else 0))
         for name, (spec, raw) in queues.items():
             try:
                 mine = [j for j in jobs if j.spec is not None and j.spec.queue == name]
-                usage: dict[str, float] = {}
+                usage: dict[str, float] = dict(unit_usage.get(name, {}))
                 for j in mine:
                     if j.status.phase in ACTIVE and j.spec is not None:
                         size = len(j.status.placement) or j.spec.replicas  # an elastic gang may run smaller
@@ -1047,8 +1212,9 @@ class JobReconciler:
                 status = {
                     "observedGeneration": raw["metadata"].get("generation"),
                     "usage": [{"pool": p, "gpus": round(g, 3)} for p, g in sorted(usage.items())],
-                    "running": sum(1 for j in mine if j.status.phase in ACTIVE),
-                    "pending": sum(1 for j in mine if j.status.phase in ("Queued", "Restarting")),
+                    "running": sum(1 for j in mine if j.status.phase in ACTIVE) + unit_counts.get(name, (0, 0))[0],
+                    "pending": (sum(1 for j in mine if j.status.phase in ("Queued", "Restarting"))
+                                + unit_counts.get(name, (0, 0))[1]),
                     "conditions": [c.wire() for c in conditions],
                 }
                 if prev != status and self.status_writer.patch_status("tenantqueues", "", name, status):

@@ -131,6 +131,7 @@ _PATHS = {
     "nodes": ("/api/v1/nodes", "v1", "Node"),
     "pods": ("/api/v1/pods", "v1", "Pod"),
     "namespaces": ("/api/v1/namespaces", "v1", "Namespace"),
+    "jobs": ("/apis/batch/v1/jobs", "batch/v1", "Job"),
 }
 
 

@@ -30,6 +30,14 @@ GPU_HEALTH_ANNOTATION = "wanka.io/gpu-health"  # written by the agent: {"3": {"h
 HEALTH_ANNOTATION = "wanka.io/health"  # the operator's health record: {"state": "Sick", ...}
 UNHEALTHY_TAINT = "wanka.io/unhealthy"
 ONBOARDING_TAINT = "wanka.io/onboarding"  # NoSchedule while the node's burn-in runs
+# Pods other controllers create and Wanka binds (see cluster/consumers.py).
+SCHEDULER_NAME = "wanka"
+POD_GROUP_LABEL = "wanka.io/pod-group"
+BATCH_JOB_LABEL = "batch.kubernetes.io/job-name"
+# The reservation of a pod Wanka binds but did not create: written before the binding, so a
+# pod reserved but not yet bound holds its devices in every snapshot (the ledger of plain pods).
+NODE_ANNOTATION = "wanka.io/node"
+SLOT_ANNOTATION = "wanka.io/slot"  # a batch Job's pod: which of the Job's placements it takes
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 # Node status is written by kubelets and device plugins, not by us: a node claiming more
 # devices than any server holds is counted as this many, never allocated one object each.
@@ -202,12 +210,30 @@ def build_node(node: Mapping[str, Any], spec: GPUPoolSpec, levels: tuple[str, ..
 
 
 def pod_owner(pod: Mapping[str, Any]) -> tuple[str, str]:
+    """(owner, member): the key under which a pod's allocation sits in the snapshot, the same
+    as its reservation's. TrainingJob members by job and replica; Wanka-scheduled pod groups
+    by group and pod; a batch Job's pods by Job and slot; any other pod by itself."""
     meta = pod.get("metadata") or {}
     lab = labels(pod)
     ns = meta.get("namespace", "")
     if JOB_LABEL in lab:
         return f"{ns}/{lab[JOB_LABEL]}", lab.get(REPLICA_LABEL, meta.get("name", ""))
+    if (pod.get("spec") or {}).get("schedulerName") == SCHEDULER_NAME:
+        slot = annotations_of(pod).get(SLOT_ANNOTATION)
+        if slot is not None and BATCH_JOB_LABEL in lab:
+            return f"batch:{ns}/{lab[BATCH_JOB_LABEL]}", str(slot)
+        if lab.get(POD_GROUP_LABEL):
+            return f"group:{ns}/{lab[POD_GROUP_LABEL]}", str(meta.get("name"))
     return f"pod:{ns}/{meta.get('name')}", "0"
+
+
+def pod_node(pod: Mapping[str, Any]) -> str | None:
+    """The node a pod is bound to, or reserved on by Wanka (a pod it binds but did not create)."""
+    spec = pod.get("spec") or {}
+    node = spec.get("nodeName")
+    if not node and spec.get("schedulerName") == SCHEDULER_NAME:
+        node = annotations_of(pod).get(NODE_ANNOTATION)
+    return str(node) if node else None
 
 
 def parse_devices(raw: str) -> tuple[DeviceShare, ...]:
@@ -223,9 +249,8 @@ def parse_devices(raw: str) -> tuple[DeviceShare, ...]:
 
 
 def pod_allocation(pod: Mapping[str, Any], resource: str) -> Allocation | None:
-    """What a bound, non-terminal pod holds, or None for pods that hold nothing."""
-    spec = pod.get("spec") or {}
-    node = spec.get("nodeName")
+    """What a bound (or reserved), non-terminal pod holds, or None for pods that hold nothing."""
+    node = pod_node(pod)
     if not node or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
         return None
     cpu, mem, gpus = pod_requests(pod, resource)
@@ -315,7 +340,7 @@ def build_pool_snapshot(
     pinned: list[Allocation] = []
     opaque: list[Allocation] = []
     for pod in pods:
-        if ((pod.get("spec") or {}).get("nodeName")) not in snap.nodes:
+        if pod_node(pod) not in snap.nodes:
             continue
         alloc = pod_allocation(pod, spec.accelerator.resource_name)
         if alloc is not None:

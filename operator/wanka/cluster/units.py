@@ -1,0 +1,295 @@
+"""Carries out the cycle's decisions for plain Pods, pod groups and batch Jobs (see
+`cluster/consumers.py` for what a unit is and where its ledger lives).
+
+Every write is idempotent and ordered so that a crash at any line leaves the ledger whole:
+- admission reserves every member (pod annotations, or the Job's placement in the same patch
+  that unsuspends it) before any member is bound;
+- a group found partly reserved and not bound was interrupted mid-reservation: its
+  reservations are released and it is decided again; one found wholly reserved is bound;
+- preemption deletes a unit's pods (with their grace period) or suspends its Job; a
+  preemptor first records its victims (`wanka.io/nominated`) so a restarted operator waits
+  for the same victims instead of choosing new ones.
+One unit's trouble is its own: the caller isolates each call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from wanka.api.gpupool import GPUPoolSpec
+from wanka.cluster.cache import FleetCache
+from wanka.cluster.cache import version as version_of
+from wanka.cluster.consumers import (
+    NOMINATED_ANNOTATION,
+    PLACEMENT_ANNOTATION,
+    RESERVATION_ANNOTATIONS,
+    Unit,
+    batch_ledger,
+    by_index,
+    encode_placement,
+    free_slots,
+    reservation,
+    slot_of,
+)
+from wanka.cluster.jobio import Conflict, JobIO
+from wanka.cluster.kube import side_by_side
+from wanka.cluster.translate import NODE_ANNOTATION, annotations_of
+from wanka.core.queueing import Admit
+from wanka.metrics import BINDS
+
+log = logging.getLogger(__name__)
+FAN_OUT_FROM = 8
+
+
+class Recorder(Protocol):
+    def record(self, obj: Mapping[str, Any], type_: Any, reason: str, message: str) -> None: ...
+
+
+def _pod(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {**obj, "apiVersion": "v1", "kind": "Pod"}
+
+
+def _job(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {**obj, "apiVersion": "batch/v1", "kind": "Job"}
+
+
+def _name(pod: Mapping[str, Any]) -> str:
+    return str(pod["metadata"]["name"])
+
+
+def nominated(unit: Unit) -> list[str]:
+    raw = annotations_of(unit.record).get(NOMINATED_ANNOTATION) or ""
+    return [v for v in raw.split(",") if v]
+
+
+@dataclass
+class UnitWriter:
+    cache: FleetCache
+    io: JobIO
+    events: Recorder
+    clock: Callable[[], float]
+
+    # --- reading back what we wrote ------------------------------------------------------
+    def _assume_pod(self, stored: Mapping[str, Any] | None) -> None:
+        if stored:
+            self.cache.store("pods").assume(stored)
+
+    def _assume_job(self, stored: Mapping[str, Any] | None) -> None:
+        if stored:
+            self.cache.store("jobs").assume(stored)
+
+    # --- each pass, before the cycle ----------------------------------------------------
+    def settle(self, unit: Unit, pool: GPUPoolSpec) -> bool:
+        """Finish what an earlier pass began; True when the unit has members to place."""
+        if unit.kind == "Job":
+            return self._settle_job(unit, pool)
+        free, held, bound = unit.free_pods, unit.reserved_pods, unit.bound_pods
+        if unit.kind == "PodGroup" and not bound and len(unit.pods) < unit.size:
+            if held:
+                self.release(unit, "a member is gone before the group was bound")
+            self.wait(unit, "PodGroupIncomplete",
+                      f"pod group {unit.name} has {len(unit.pods)} of its {unit.size} members")
+            return False
+        if held and free and not bound:
+            # Interrupted mid-reservation: release, and decide the whole group again.
+            self.release(unit, "its reservation was not complete")
+            return False
+        if held:
+            self.bind(unit, held)
+            return False
+        return bool(free)
+
+    def _settle_job(self, unit: Unit, pool: GPUPoolSpec) -> bool:
+        job = unit.batch
+        assert job is not None
+        if unit.finished:
+            return False
+        if not unit.suspended and not unit.placement:
+            # Created running (or resumed by hand): Wanka admits it; until then it waits suspended.
+            self._patch_job(unit, {"spec": {"suspend": True}})
+            self.events.record(_job(job), "Normal", "Suspended",
+                               f"suspended until Wanka admits it in queue {unit.queue}")
+            return False
+        if unit.suspended and unit.placement:
+            self._patch_job(unit, {"metadata": {"annotations": {PLACEMENT_ANNOTATION: None}}})
+            return False
+        if unit.suspended:
+            return True
+        # Admitted: bind its pods to the ledger's slots once every member exists.
+        held = [p for p in unit.pods if not p["spec"].get("nodeName") and slot_of(p) is not None
+                and annotations_of(p).get(NODE_ANNOTATION)]
+        if held:
+            self.bind(unit, held)
+        waiting = by_index(p for p in unit.free_pods if slot_of(p) is None)
+        if not waiting:
+            return False
+        if len(unit.pods) < len(unit.placement) and not unit.bound_pods:
+            return False  # members still being created: none binds before its gang exists
+        ledger = batch_ledger(unit, pool)
+        slots = free_slots(unit)
+        todo = list(zip(waiting, slots, strict=False))
+        reserved = side_by_side(lambda item: self._reserve(item[0], ledger[item[1]], pool, item[1]), todo,
+                                "gang", FAN_OUT_FROM)
+        self.bind(unit, [p for p in reserved if p is not None])
+        return False
+
+    # --- the cycle's decisions -----------------------------------------------------------
+    def admit(self, unit: Unit, decision: Admit, pool: GPUPoolSpec) -> None:
+        allocs = sorted(decision.placement.allocations, key=lambda a: (len(a.member), a.member))
+        if unit.kind == "Job":
+            stored = self._patch_job(unit, {"metadata": {"annotations": {
+                PLACEMENT_ANNOTATION: encode_placement(allocs), NOMINATED_ANNOTATION: None}},
+                "spec": {"suspend": False}}, conditional=True)
+            nodes = sorted({a.node for a in allocs})
+            self.events.record(_job(stored or unit.batch or {}), "Normal", "Admitted",
+                               f"{decision.reason}: {len(allocs)} pods on {len(nodes)} nodes "
+                               f"({', '.join(nodes[:8])}{' ...' if len(nodes) > 8 else ''})")
+            return
+        free = sorted(unit.free_pods, key=_name)
+        if len(free) != len(allocs):
+            raise Conflict(f"{unit.key}: {len(free)} members to place, {len(allocs)} placed")
+        # Every member reserved first, then every member bound: never a half-bound group.
+        reserved = side_by_side(lambda item: self._reserve(item[0], item[1], pool), list(zip(free, allocs,
+                                                                                              strict=True)),
+                                "gang", FAN_OUT_FROM)
+        if any(p is None for p in reserved):
+            return  # a member changed or went away: the next pass releases and decides again
+        self.bind(unit, [p for p in reserved if p is not None])
+
+    def _reserve(self, pod: Mapping[str, Any], alloc: Any, pool: GPUPoolSpec,
+                 slot: int | None = None) -> dict[str, Any] | None:
+        notes: dict[str, str | None] = {k: None for k in RESERVATION_ANNOTATIONS}
+        notes.update(reservation(alloc, pool.sharing.mode, slot))
+        meta = pod["metadata"]
+        try:
+            stored = self.io.annotate_pod(meta["namespace"], meta["name"], notes,
+                                          str(meta.get("resourceVersion") or "") or None)
+        except Conflict as exc:
+            log.info("reservation of %s/%s not written (%s); decided again", meta["namespace"], meta["name"], exc)
+            return None
+        self._assume_pod(stored)
+        return stored
+
+    def bind(self, unit: Unit, pods: list[dict[str, Any]]) -> None:
+        """Bind reserved pods to their reserved nodes, side by side."""
+        def one(pod: dict[str, Any]) -> str | None:
+            meta = pod["metadata"]
+            node = str(annotations_of(pod).get(NODE_ANNOTATION))
+            problem = self.io.bind(meta["namespace"], meta["name"], node)
+            if problem is not None:
+                BINDS.labels("failed").inc()
+                return problem
+            BINDS.labels("bound").inc()
+            self.cache.store("pods").assume({**pod, "spec": {**pod["spec"], "nodeName": node}},
+                                            upto=version_of(pod) + 1)
+            self.events.record(_pod(pod), "Normal", "Scheduled",
+                               f"Successfully assigned {meta['namespace']}/{meta['name']} to {node}")
+            return None
+
+        problems = [p for p in side_by_side(one, pods, "gang", FAN_OUT_FROM) if p]
+        if problems:
+            # The node went away or the pod changed: give back what is not bound; decided again.
+            self.events.record(_pod(pods[0]) if unit.batch is None else _job(unit.batch), "Warning",
+                               "BindFailed", problems[0])
+            left = [p for p in pods if not p["spec"].get("nodeName")]
+            for pod in left:
+                self._clear(pod)
+
+    def _clear(self, pod: Mapping[str, Any]) -> None:
+        meta = pod["metadata"]
+        try:
+            self._assume_pod(self.io.annotate_pod(meta["namespace"], meta["name"],
+                                                  {k: None for k in RESERVATION_ANNOTATIONS}))
+        except Conflict:
+            pass  # gone: it holds nothing
+
+    def release(self, unit: Unit, why: str) -> None:
+        """Give back the reservations of members not bound."""
+        held = unit.reserved_pods
+        side_by_side(self._clear, held, "gang", FAN_OUT_FROM)
+        if held:
+            self.events.record(_pod(held[0]), "Normal", "ReservationReleased",
+                               f"released the reservation of {len(held)} member(s): {why}")
+
+    def wait(self, unit: Unit, cause: str, message: str) -> None:
+        """PodScheduled=False (Unschedulable) with the reason, on every member still waiting;
+        written only when it changes. A Job gets an Event."""
+        text = f"{cause}: {message}"[:1024]
+        if unit.kind == "Job":
+            if unit.batch is not None:
+                self.events.record(_job(unit.batch), "Warning" if cause not in ("Capacity", "Preempting",
+                                                                                 "Reserved", "Quota") else "Normal",
+                                   "FailedScheduling" if cause != "Preempting" else "Preempting", text)
+            return
+        now = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+        def one(pod: dict[str, Any]) -> None:
+            conds = (pod.get("status") or {}).get("conditions") or []
+            have = next((c for c in conds if c.get("type") == "PodScheduled"), None)
+            if have and have.get("status") == "False" and have.get("message") == text:
+                return
+            meta = pod["metadata"]
+            try:
+                self.io.pod_condition(meta["namespace"], meta["name"], {
+                    "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": text,
+                    "lastTransitionTime": now, "lastProbeTime": None})
+            except Conflict:
+                return
+            seen = [c for c in conds if c.get("type") != "PodScheduled"]
+            seen.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": text})
+            self.cache.store("pods").assume({**pod, "status": {**(pod.get("status") or {}), "conditions": seen}},
+                                            upto=version_of(pod) + 1)
+            self.events.record(_pod(pod), "Warning", "FailedScheduling", text)
+
+        side_by_side(one, unit.free_pods, "gang", FAN_OUT_FROM)
+
+    def nominate(self, unit: Unit, victims: list[str]) -> None:
+        """Record the victims before any of them is stopped (see the module's docstring)."""
+        value = ",".join(sorted(victims)) if victims else None
+        if (annotations_of(unit.record).get(NOMINATED_ANNOTATION) or None) == value:
+            return
+        if unit.kind == "Job":
+            self._patch_job(unit, {"metadata": {"annotations": {NOMINATED_ANNOTATION: value}}})
+            return
+        meta = unit.record["metadata"]
+        self._assume_pod(self.io.annotate_pod(meta["namespace"], meta["name"], {NOMINATED_ANNOTATION: value}))
+
+    def preempt(self, unit: Unit, message: str) -> None:
+        """Stop the unit so a preemptor can run: its pods deleted with their grace period (a
+        Deployment makes new ones, which queue), or its Job suspended (the Job controller
+        deletes its pods) and its ledger cleared."""
+        if unit.kind == "Job":
+            stored = self._patch_job(unit, {"spec": {"suspend": True},
+                                            "metadata": {"annotations": {PLACEMENT_ANNOTATION: None}}})
+            self.events.record(_job(stored or unit.batch or {}), "Normal", "Preempted", message)
+            return
+
+        def one(pod: dict[str, Any]) -> None:
+            meta = pod["metadata"]
+            self.io.delete_pod(meta["namespace"], meta["name"])
+            self.events.record(_pod(pod), "Normal", "Preempted", message)
+            grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+            grace = grace if isinstance(grace, int) else 30
+            when = datetime.fromtimestamp(self.clock() + grace, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            self.cache.store("pods").assume({**pod, "metadata": {**meta, "deletionTimestamp": when}},
+                                            upto=version_of(pod) + 1)
+
+        side_by_side(one, unit.pods, "gang", FAN_OUT_FROM)
+
+    def _patch_job(self, unit: Unit, body: dict[str, Any], conditional: bool = False) -> dict[str, Any] | None:
+        """`conditional`: only if the Job is still the version this pass decided on (its status
+        changes often, so only admission, which depends on its spec, asks for that)."""
+        job = unit.batch
+        assert job is not None
+        meta = job["metadata"]
+        if conditional:
+            body = {**body, "metadata": {**(body.get("metadata") or {}),
+                                         "resourceVersion": meta.get("resourceVersion")}}
+        stored = self.io.patch_batch_job(meta["namespace"], meta["name"], body)
+        self._assume_job(stored)
+        unit.batch = stored or job
+        return stored
