@@ -477,3 +477,24 @@ def test_simulator_failures_cost_goodput() -> None:
     faulty = small_sim(failure_per_node_day=20.0)
     assert clean["failures"] == 0 and faulty["failures"] > 0  # type: ignore[operator]
     assert faulty["goodput"] < clean["goodput"]  # type: ignore[operator]
+
+
+def test_many_small_preemptors_share_what_victims_give_back() -> None:
+    # A Deployment scaled up by ten one-GPU pods: they need 10 GPUs, 4 of 16 are free, and
+    # three 4-GPU gangs run. Two gangs are preempted, never the third: pods that fit in what a
+    # victim gives back wait for it (naming it) instead of preempting a gang each.
+    snap = pool(2)
+    gangs = [run(snap, make_job(f"g{i}").gpus(4).running(0).obj()) for i in range(3)]
+    pods = [make_job(f"pod{i}").gpus(1).priority(1000).created(i).obj() for i in range(10)]
+    result = schedule(snap, [big_queue()], pods, gangs, NOW)
+    victims = sorted(v.owner for v in result.preempted)
+    assert len(victims) == 2
+    assert len(result.admitted) == 4  # the four free GPUs
+    waits = [d for d in result.waiting if d.cause == "Preempting"]
+    assert len(waits) == 6
+    claimed = {v for w in waits for v in w.victims} | {p.owner for p in result.preempted}
+    assert claimed == set(victims)
+    # Every claim fits: the admissions' and the waits' placements never overlap.
+    taken = [a for d in result.admitted for a in d.placement.allocations]
+    taken += [a for w in waits if w.nominated is not None for a in w.nominated.allocations]
+    assert len({(a.node, s.index) for a in taken for s in a.devices}) == 10

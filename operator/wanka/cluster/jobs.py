@@ -989,15 +989,18 @@ class JobReconciler:
                 victims.setdefault(decision.preemptor, []).append(decision)
         nodes = {n["metadata"]["name"]: n for n in node_objs}
 
+        def victims_of(decision: Decision) -> list[str]:
+            own = [v.owner for v in victims.get(decision.owner, [])]
+            return own + list(decision.victims) if isinstance(decision, Wait) else own
+
         def decide(decision: Decision) -> str | None:
             if decision.owner in by_owner and not isinstance(decision, Preempt):
-                return self._decide_unit(by_owner[decision.owner], decision, pool,
-                                         [v.owner for v in victims.get(decision.owner, [])])
+                return self._decide_unit(by_owner[decision.owner], decision, pool, victims_of(decision))
             target = by_key.get(decision.owner)
             if target is None or isinstance(decision, Preempt):
                 return None
             try:
-                self._apply_decision(target, decision, now, [v.owner for v in victims.get(decision.owner, [])])
+                self._apply_decision(target, decision, now, victims_of(decision))
                 if isinstance(decision, Admit) and target.status.phase == "Admitted":
                     # Admitted (the ledger is written): create and bind its pods in this pass.
                     plan = lifecycle.step(target.facts(), [pod_facts(p) for p in target.pods],
@@ -1015,7 +1018,7 @@ class JobReconciler:
         # leaves a nomination the next pass carries out, never victims without a preemptor.
         nominated = {owner for owner in side_by_side(decide, list(decisions)) if owner}
         for preemptor in sorted(nominated):
-            for decision in victims[preemptor]:
+            for decision in victims.get(preemptor, []):
                 victim = by_key.get(decision.owner)
                 if victim is None:
                     unit = units.get(decision.owner)

@@ -137,6 +137,9 @@ class Wait:
     cause: WaitCause
     reason: str
     nominated: GangPlacement | None = None  # for Preempting: where it will go
+    # For Preempting on GPUs that gangs preempted earlier in the same cycle are giving back:
+    # those gangs (its own Preempt decisions name its other victims).
+    victims: tuple[str, ...] = ()
 
 
 Decision = Admit | Preempt | Wait
@@ -314,6 +317,9 @@ class _Cycle:
                 for quota in q.quotas:
                     self.total_weight[quota.pool] = self.total_weight.get(quota.pool, 0) + q.weight
         self.protected: set[str] = set()  # admitted or nominated this cycle: never victims
+        # What victims chosen this cycle still hold while they stop and no preemptor took yet:
+        # a later preemptor that fits there waits for it instead of preempting more gangs.
+        self.freeing: list[Allocation] = []
         self.gone: set[str] = set()  # preempted this cycle
         self.reservation: Reservation | None = None
         self.blocker: str | None = None
@@ -572,21 +578,61 @@ class _Cycle:
 
     def still_held(self, held: Sequence[Allocation]) -> None:
         """Victims keep what the preemptor does not take until they have stopped (they take
-        their grace period): nothing else may be placed there in this cycle."""
+        their grace period): nothing else may be placed there in this cycle, but another
+        preemptor may claim it (`take_freeing`)."""
         for alloc in held:
             node = self.snapshot.nodes.get(alloc.node)
             if node is None:
                 continue
             if self.snapshot.check(alloc) is None:
                 self.txn.apply(alloc)
+                self.freeing.append(alloc)
                 continue
             # Part of it went to the preemptor: the devices it did not take stay held.
             rest = tuple(s for s in alloc.devices if self.snapshot.check(
                 replace(alloc, cpu_milli=0, memory_mib=0, devices=(s,), opaque_gpus=0)) is None)
             if rest:
-                self.txn.apply(replace(alloc, cpu_milli=0, memory_mib=0, devices=rest, opaque_gpus=0))
+                kept = replace(alloc, cpu_milli=0, memory_mib=0, devices=rest, opaque_gpus=0)
+                self.txn.apply(kept)
+                self.freeing.append(kept)
+
+    def take_freeing(self, req: GangRequest) -> bool:
+        """Place `req` on what this cycle's victims are giving back and no preemptor claimed,
+        if it fits there: it waits for those victims instead of preempting more (a Deployment
+        scaled up by ten pods preempts the gangs ten GPUs need, not a gang per pod)."""
+        if not self.freeing or self.quota_reason(req, req.total_milli) is not None:
+            return False
+        trial = self.snapshot.transaction()
+        try:
+            for a in self.freeing:
+                trial.release(a.owner, a.member)
+            fits = place_gang(self.snapshot, self.constrained(req), writer=trial,
+                              slice_policy=self.config.slice_policy).placement is not None
+        finally:
+            trial.discard()
+        if not fits:
+            return False
+        released, self.freeing = self.freeing, []
+        for a in released:
+            self.txn.release(a.owner, a.member)
+        result = place_gang(self.snapshot, self.constrained(req), writer=self.txn,
+                            slice_policy=self.config.slice_policy)
+        assert result.placement is not None, "checked to fit"
+        self.charge(req.queue, req.pool, sum(a.gpu_milli for a in result.placement.allocations))
+        self.protected.add(req.owner)
+        self.still_held(released)
+        nodes = {a.node for a in result.placement.allocations}
+        victims = tuple(sorted({a.owner for a in released if a.node in nodes}))
+        self.decisions.append(
+            Wait(req.owner, req.queue, "Preempting",
+                 f"waiting for GPUs that preempted gang(s) give back: {', '.join(victims)}",
+                 result.placement, victims)
+        )
+        return True
 
     def try_preempt(self, req: GangRequest) -> bool:
+        if self.take_freeing(req):
+            return True
         key = (_shape(self.constrained(req)), req.queue, req.priority)
         known = self.no_victims.get(key)
         if known is not None and req.needed >= known:
