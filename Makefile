@@ -9,7 +9,7 @@ EXAMPLES := $(VENV)/.examples-$(shell cat pyproject.toml constraints.txt | sha1s
 PYTEST_ARGS ?=
 OPENB ?= ../shared/data/openb
 
-.PHONY: help venv venv-examples lock binaries tools cluster-up cluster-down crds crds-check docs lint test test-unit test-integration chart-test kind-up kind-down demo sim bench-scale
+.PHONY: help venv venv-examples lock binaries tools cluster-up cluster-down crds crds-check docs lint test test-unit test-integration chart-test kind-up kind-down demo demo-tidal sim bench-scale
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -84,6 +84,9 @@ kind-down: ## delete the kind cluster
 
 demo: venv binaries ## local cluster, 16 simulated 8-GPU nodes in 2 racks, a pool, the operator; KEEP=1 leaves it up
 	$(VPY) hack/demo.py $(if $(KEEP),--keep,)
+
+demo-tidal: venv binaries ## a tidal day: inference pods reclaim GPUs from training and give them back; prints JSON
+	$(VPY) hack/demo_tidal.py $(if $(KEEP),--keep,)
 
 bench-scale: venv binaries ## 1,250 nodes, 2,000 jobs, Wanka beside kube-scheduler (builds it once); JSON; ARGS=--runs 1
 	@bash hack/build-binaries.sh --scheduler >/dev/null

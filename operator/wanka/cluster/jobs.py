@@ -1024,7 +1024,7 @@ class JobReconciler:
                     unit = units.get(decision.owner)
                     if unit is not None:
                         try:
-                            self.units.preempt(unit, f"preempted by {decision.preemptor}: {decision.reason}")
+                            self.units.preempt(unit, decision.reason)
                         except NotLeader:
                             raise
                         except Exception as exc:
@@ -1033,7 +1033,7 @@ class JobReconciler:
                 try:
                     self._apply(victim, lifecycle.preempt(
                         victim.facts(), [pod_facts(p) for p in victim.pods], self._nodes_of(victim, nodes),
-                        now, f"preempted by {decision.preemptor}: {decision.reason}"))
+                        now, decision.reason))
                 except NotLeader:
                     raise  # this replica must stop writing altogether
                 except Exception as exc:
