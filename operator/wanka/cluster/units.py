@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from wanka import failpoints
 from wanka.api.gpupool import GPUPoolSpec
 from wanka.cluster.cache import FleetCache
 from wanka.cluster.cache import version as version_of
@@ -95,9 +96,10 @@ class UnitWriter:
                       f"pod group {unit.name} has {len(unit.pods)} of its {unit.size} members")
             return False
         if held and free and not bound:
-            # Interrupted mid-reservation: release, and decide the whole group again.
+            # Interrupted mid-reservation: released, and offered to this very cycle again, in
+            # its place in the queue (never behind what arrived while it was half reserved).
             self.release(unit, "its reservation was not complete")
-            return False
+            return True
         if held:
             self.bind(unit, held)
             return False
@@ -172,6 +174,7 @@ class UnitWriter:
             log.info("reservation of %s/%s not written (%s); decided again", meta["namespace"], meta["name"], exc)
             return None
         self._assume_pod(stored)
+        failpoints.hit("after-reserve")
         return stored
 
     def bind(self, unit: Unit, pods: list[dict[str, Any]]) -> None:
@@ -188,6 +191,7 @@ class UnitWriter:
                                             upto=version_of(pod) + 1)
             self.events.record(_pod(pod), "Normal", "Scheduled",
                                f"Successfully assigned {meta['namespace']}/{meta['name']} to {node}")
+            failpoints.hit("after-unit-bind")
             return None
 
         problems = [p for p in side_by_side(one, pods, "gang", FAN_OUT_FROM) if p]
@@ -199,18 +203,22 @@ class UnitWriter:
             for pod in left:
                 self._clear(pod)
 
-    def _clear(self, pod: Mapping[str, Any]) -> None:
+    def _clear(self, pod: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The pod with its reservation removed (as stored), or None when it is gone."""
         meta = pod["metadata"]
         try:
-            self._assume_pod(self.io.annotate_pod(meta["namespace"], meta["name"],
-                                                  {k: None for k in RESERVATION_ANNOTATIONS}))
+            stored = self.io.annotate_pod(meta["namespace"], meta["name"], {k: None for k in RESERVATION_ANNOTATIONS})
         except Conflict:
-            pass  # gone: it holds nothing
+            return None  # gone: it holds nothing
+        self._assume_pod(stored)
+        return stored
 
     def release(self, unit: Unit, why: str) -> None:
-        """Give back the reservations of members not bound."""
+        """Give back the reservations of members not bound; `unit` then shows them free."""
         held = unit.reserved_pods
-        side_by_side(self._clear, held, "gang", FAN_OUT_FROM)
+        cleared = side_by_side(self._clear, held, "gang", FAN_OUT_FROM)
+        now = {_name(p): p for p in cleared if p}
+        unit.pods = [now.get(_name(p), p) for p in unit.pods if _name(p) in now or p not in held]
         if held:
             self.events.record(_pod(held[0]), "Normal", "ReservationReleased",
                                f"released the reservation of {len(held)} member(s): {why}")
