@@ -216,3 +216,35 @@ def test_a_freed_mig_instance_goes_to_the_queue_furthest_below_its_fair_share(
                                        None), 30, what="one of a2, b1 runs on the freed device")
         assert winner == "b1", "queue a already runs a GPU; b runs none, so b is further below its share"
         assert phase(cluster, namespace, "a2") == "Queued"
+
+
+def test_plain_mig_pods_get_an_instance_each(cluster: Cluster, operator: OperatorProcess, namespace: str) -> None:
+    fleet = mig_fleet(cluster, namespace, nodes=1)
+
+    def pod(name: str, limit: bool = True) -> dict[str, object]:
+        container: dict[str, object] = {"name": "app", "image": "app:1"}
+        if limit:
+            container["resources"] = {"limits": {"nvidia.com/mig-1g.10gb": "1"}}
+        return {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "labels": {"wanka.io/queue": fleet.queue, "wanka.io/pool": fleet.pool},
+                             "annotations": {"wanka.io/mig-profile": "1g.10gb"}},
+                "spec": {"schedulerName": "wanka", "containers": [container]}}
+
+    with FakeMigManager(cluster, fleet.nodes):
+        for name in ("nb-0", "nb-1"):
+            cluster.core.create_namespaced_pod(namespace, pod(name))
+        cluster.core.create_namespaced_pod(namespace, pod("nolimit", limit=False))
+        wait_for(lambda: all(cluster.core.read_namespaced_pod(n, namespace).spec.node_name for n in ("nb-0", "nb-1")),
+                 45, what="both MIG pods bound")
+        instances = {(cluster.core.read_namespaced_pod(n, namespace).metadata.annotations or {})
+                     .get("wanka.io/mig-instance") for n in ("nb-0", "nb-1")}
+        assert len(instances) == 2 and None not in instances
+        node = cluster.core.read_node(fleet.nodes[0])
+        assert int(node.status.allocatable.get("nvidia.com/mig-1g.10gb", "0")) >= 2
+
+        def refused() -> bool:
+            pod_now = cluster.core.read_namespaced_pod("nolimit", namespace)
+            return any(c.type == "PodScheduled" and c.reason == "Unschedulable" and "NotPinnable" in (c.message or "")
+                       for c in pod_now.status.conditions or [])
+
+        wait_for(refused, 20, what="the MIG pod without the MIG limit refused with its reason")

@@ -204,3 +204,43 @@ def test_indexed_job_is_admitted_as_one_gang(cluster: Cluster, operator: Operato
              what="the second Job's reason")
     holds(lambda: batch.read_namespaced_job(other, namespace).spec.suspend and not job_pods(other), 2,
           what="the second Job stays suspended")
+
+
+def test_a_preempted_batch_job_is_suspended_and_resumes(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    fleet = make_fleet(cluster, namespace, nodes=1, racks=1, quota=8)
+    cluster.custom.patch_cluster_custom_object("wanka.io", "v1alpha1", "tenantqueues", fleet.queue,
+                                               {"spec": {"preemption": {"withinQueue": "LowerPriority"}}})
+    scheduling = client.SchedulingV1Api(cluster.api)
+    try:
+        scheduling.create_priority_class({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                                          "metadata": {"name": "wanka-test-high"}, "value": 500})
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    batch = client.BatchV1Api(cluster.api)
+    template = pod_body("x", fleet, gpus=8)
+    template["metadata"] = {"labels": {}}
+    template["spec"]["restartPolicy"] = "Never"
+    batch.create_namespaced_job(namespace, {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "sweep", "labels": {"wanka.io/queue": fleet.queue, "wanka.io/pool": fleet.pool}},
+        "spec": {"suspend": True, "parallelism": 1, "completions": 1, "template": template}})
+
+    def job_pods() -> list[Any]:
+        return [p for p in cluster.core.list_namespaced_pod(
+            namespace, label_selector="batch.kubernetes.io/job-name=sweep").items
+            if p.metadata.deletion_timestamp is None and p.spec.node_name]
+
+    wait_for(lambda: len(job_pods()) == 1, 40, what="the Job's pod bound")
+    urgent = pod_body("urgent", fleet, gpus=8)
+    urgent["spec"]["priorityClassName"] = "wanka-test-high"
+    cluster.core.create_namespaced_pod(namespace, urgent)
+    wait_for(lambda: batch.read_namespaced_job("sweep", namespace).spec.suspend, 30, what="the Job suspended")
+    assert "wanka.io/placement" not in (batch.read_namespaced_job("sweep", namespace).metadata.annotations or {})
+    wait_for(lambda: node_of(cluster, namespace, "urgent"), 30, what="the urgent pod bound in its place")
+    assert "Preempted" in [e.reason for e in cluster.events_for("sweep", namespace)]
+    cluster.core.delete_namespaced_pod("urgent", namespace, grace_period_seconds=0)
+    wait_for(lambda: not batch.read_namespaced_job("sweep", namespace).spec.suspend and len(job_pods()) == 1, 40,
+             what="the Job admitted again")
