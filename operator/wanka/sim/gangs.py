@@ -11,6 +11,11 @@ With --ettr it instead follows one long training job on the fleet's 8-GPU nodes 
 at published rates, detection, restart and checkpoints (fixed or advised by
 `wanka.core.advice`), with and without onboarding burn-in, and reports its ETTR: useful
 training time over wall time (docs/simulator.md, "Fleet ETTR").
+
+With --tidal it instead shares a pool of 8-GPU nodes between a daily inference curve and a
+backlog of checkpointing training gangs, scheduled by the same core, and compares tidal
+preemption with no training at night and a static split (`wanka.sim.tidal`; docs/simulator.md,
+"Tidal inference and training").
 """
 
 from __future__ import annotations
@@ -756,8 +761,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="print no progress on stderr (default: a bar with an ETA, or a line per run)")
     parser.add_argument("--json", dest="json_out", default=None, metavar="PATH",
-                        help="also write the JSON printed on stdout to this file")
+                        help="also write the JSON printed on stdout to this file (with --tidal: the "
+                        "numbers of the table printed)")
     add_ettr_arguments(parser)
+    # imported here: the tidal mode builds on this module's fleet
+    from wanka.sim.tidal import add_tidal_arguments
+
+    add_tidal_arguments(parser)
 
 
 def add_ettr_arguments(parser: argparse.ArgumentParser) -> None:
@@ -772,10 +782,10 @@ def add_ettr_arguments(parser: argparse.ArgumentParser) -> None:
                    help="simulate fleet ETTR (useful training time / wall time) instead of the queue policies")
     g.add_argument("--gpus", metavar="N", type=int, action="append", default=None,
                    help="job size in GPUs, 8 per node; repeat for several (default: 1024 and 8192)")
-    g.add_argument("--days", metavar="DAYS", type=float, default=d.days,
-                   help="wall time of each simulated job (default %(default)s)")
-    g.add_argument("--seeds", metavar="N", type=int, default=20,
-                   help="seeds per row: SEED, SEED+1, ... (default %(default)s)")
+    g.add_argument("--days", metavar="DAYS", type=float, default=None,
+                   help=f"wall time of each simulated job (default {d.days:g}; with --tidal 7)")
+    g.add_argument("--seeds", metavar="N", type=int, default=None,
+                   help=f"seeds per row: SEED, SEED+1, ... (default {ETTR_SEEDS}; with --tidal 5)")
     g.add_argument("--fault-per-gpu-hour", metavar="RATE", type=float, default=d.fault_per_gpu_hour,
                    help="interruptions per GPU-hour (default %(default).4g: Llama 3, 419 in 54 days on 16,384 GPUs)")
     g.add_argument("--hardware-share", metavar="SHARE", type=float, default=d.hardware_share,
@@ -809,7 +819,8 @@ def add_ettr_arguments(parser: argparse.ArgumentParser) -> None:
                    help="a node taken out or caught at onboarding returns healthy after this "
                    "(default %(default)s; assumption)")
     g.add_argument("--fleet-nodes", metavar="N", type=int, default=0,
-                   help="a uniform fleet of this many 8-GPU nodes instead of the --csv fleet (default: the CSV)")
+                   help="a uniform fleet of this many 8-GPU nodes instead of the --csv fleet (default: the CSV; "
+                   "with --tidal 16)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -817,8 +828,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = Parser(prog="wanka simulate-gangs", description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.ettr and args.tidal:
+        parser.error("--ettr and --tidal are two different simulations: give one")
     if args.ettr:
         return run_ettr(args)
+    if args.tidal:
+        from wanka.sim.tidal import run_tidal
+
+        return run_tidal(args)
     if not args.csv.is_file():
         print(f"wanka simulate-gangs: no such file: {args.csv} (--csv, or set $WANKA_DATA)", file=sys.stderr)
         return 2
@@ -840,15 +857,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _emit(document: Any, path: str | None) -> None:
-    """Print the JSON, and write the same to `path` when given."""
-    text = json.dumps(document, indent=2)
-    print(text)
+def _emit(document: Any, path: str | None, text: str | None = None) -> None:
+    """Print the JSON (or `text`, a table of the same numbers), and write the JSON to `path` when given."""
+    encoded = json.dumps(document, indent=2)
+    print(encoded if text is None else text)
     if path:
-        Path(path).write_text(text + "\n")
+        Path(path).write_text(encoded + "\n")
 
 
 DEFAULT_SIZES = (1024, 8192)
+ETTR_SEEDS = 20
 
 
 def run_ettr(args: argparse.Namespace) -> int:
@@ -856,7 +874,7 @@ def run_ettr(args: argparse.Namespace) -> int:
     sizes = args.gpus or list(DEFAULT_SIZES)
     try:
         base = EttrConfig(
-            days=args.days,
+            days=args.days if args.days is not None else EttrConfig().days,
             seed=args.seed,
             fault_per_gpu_hour=args.fault_per_gpu_hour,
             hardware_share=args.hardware_share,
@@ -887,7 +905,7 @@ def run_ettr(args: argparse.Namespace) -> int:
     else:
         fleet, source = load_spot_fleet(args.csv), args.csv.name
     eight = sum(1 for n in fleet if len(n.devices) == GPUS_PER_NODE)
-    seeds = [args.seed + k for k in range(max(args.seeds, 1))]
+    seeds = [args.seed + k for k in range(max(args.seeds if args.seeds is not None else ETTR_SEEDS, 1))]
     with progress("ETTR rows", len(sizes) * len(ETTR_VARIANTS), enabled=args.progress) as tick:
         rows = ettr_table(base, sizes, seeds, eight, done=tick)
     model = {k: v for k, v in asdict(base).items() if k not in ("gpus", "seed", "onboarding", "advised")}
@@ -917,4 +935,5 @@ PASSTHROUGH = True  # `wanka simulate-gangs ARGS` calls main(ARGS): this module 
 
 def register(sub: Any) -> None:
     add_arguments(sub.add_parser("simulate-gangs", help="synthetic multi-node gang workload on the spot fleet; --ettr: "
-                                 "a long training job's ETTR under faults"))
+                                 "a long training job's ETTR under faults; --tidal: inference and training "
+                                 "sharing a pool by the day"))
