@@ -19,6 +19,7 @@ def test_inference_reclaims_gpus_from_training_and_training_resumes(
     tidal = Tidal(cluster.api, namespace, fleet.pool, fleet.queue, gangs=3, replicas=2, gpus=2,
                   low=2, high=12, pool_gpus=16, timeout=60)
     report = tidal.run()
+    print(report.wire())
 
     # Night: three 4-GPU gangs and two inference pods (14 of 16 GPUs).
     assert report.phases["night"] == {"training": 12, "inference": 2, "allocated_percent": 87.5}

@@ -104,6 +104,10 @@ def test_defaults_render_the_expected_objects() -> None:
         ("ValidatingAdmissionPolicyBinding", "wanka-pod-template"),
         ("ValidatingAdmissionPolicy", "wanka-queue-limits"),
         ("ValidatingAdmissionPolicyBinding", "wanka-queue-limits"),
+        # The plain-pod guard; the slice policy renders only where the cluster serves
+        # MutatingAdmissionPolicy (helm install asks it; offline, --api-versions).
+        ("ValidatingAdmissionPolicy", "wanka-pod-guard"),
+        ("ValidatingAdmissionPolicyBinding", "wanka-pod-guard"),
     ])
     on = {(d["kind"], d["metadata"]["name"]) for d in render(*EVERYTHING_ON)}
     assert {("DaemonSet", "wanka-agent"), ("ServiceMonitor", "wanka"),

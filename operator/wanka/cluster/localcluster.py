@@ -248,6 +248,10 @@ class LocalCluster:
             "--allow-privileged=true",
             "--profiling=false",
             "--event-ttl=1h",
+            # MutatingAdmissionPolicy is beta and off by default in v1.34: the chart's plain-pod
+            # slice policy (templates/podslices.yaml) needs both the gate and the served API.
+            "--feature-gates=MutatingAdmissionPolicy=true",
+            "--runtime-config=admissionregistration.k8s.io/v1beta1=true",
             *([] if self.with_controller_manager else ["--disable-admission-plugins=ServiceAccount"]),
         ])
         self._wait("kube-apiserver", apiserver, self._apiserver_ready, timeout)
