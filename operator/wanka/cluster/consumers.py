@@ -291,8 +291,8 @@ def shape_of(pod: Mapping[str, Any], pool: GPUPoolSpec) -> Shape:
     if raw is not None:
         try:
             memory = int(float(raw) * 1024)
-        except ValueError:
-            raise InvalidRequest(f"annotation {MEMORY_GIB_ANNOTATION}: {raw!r} is not a number") from None
+        except (ValueError, OverflowError):  # "inf" overflows int()
+            raise InvalidRequest(f"annotation {MEMORY_GIB_ANNOTATION}: {raw!r} is not a finite number") from None
         if memory <= 0 or not milli:
             raise InvalidRequest(f"annotation {MEMORY_GIB_ANNOTATION} needs a positive value and "
                                  f"{FRACTION_ANNOTATION}")
@@ -303,15 +303,17 @@ def shape_of(pod: Mapping[str, Any], pool: GPUPoolSpec) -> Shape:
     return Shape(gpus, milli, memory, profile, cpu, mem)
 
 
-def _containers(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def _containers(pod: Mapping[str, Any], init: bool = False) -> list[Mapping[str, Any]]:
     spec = pod.get("spec") or {}
-    return [c for c in (spec.get("containers") or []) if isinstance(c, Mapping)]
+    found = (spec.get("initContainers") or []) if init else []
+    return [c for c in [*found, *(spec.get("containers") or [])] if isinstance(c, Mapping)]
 
 
 def pinned(pod: Mapping[str, Any]) -> str | None:
-    """None when every container takes its device from Wanka's annotation (the downward API),
-    else which container does not: a slice pod that would see every device of its node."""
-    for c in _containers(pod):
+    """None when every container, init containers included, takes its device from Wanka's
+    annotation (the downward API), else which one does not: it would see every device of its
+    node (a CUDA image sets NVIDIA_VISIBLE_DEVICES=all)."""
+    for c in _containers(pod, init=True):
         env = {e.get("name"): e for e in c.get("env") or [] if isinstance(e, Mapping)}
         ref = ((env.get(PINNED_ENV) or {}).get("valueFrom") or {}).get("fieldRef") or {}
         if ref.get("fieldPath") != f"metadata.annotations['{VISIBLE_ANNOTATION}']":
@@ -353,6 +355,15 @@ def problem(unit: Unit, pools: Mapping[str, GPUPoolSpec],
         mixed = {(labels(p).get(QUEUE_LABEL), labels(p).get(POOL_LABEL)) for p in unit.pods}
         if len(mixed) > 1:
             return "InvalidRequest", f"{what}: members name different queues or pools"
+        pool_spec = pools.get(unit.pool)
+        if pool_spec is not None:
+            try:
+                shapes = {shape_of(p, pool_spec) for p in unit.pods}
+            except InvalidRequest as exc:
+                return "InvalidRequest", str(exc)
+            if len(shapes) > 1:
+                return ("InvalidRequest", f"{what}: members ask for different resources; a group is "
+                        "placed as identical members")
     if unit.kind == "Job":
         spec = unit.template.get("spec") or {}
         if spec.get("schedulerName") != SCHEDULER_NAME:
@@ -496,6 +507,6 @@ def by_index(pods: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Pods in completion-index order (an Indexed Job's rank i takes slot i when it is free),
     then by name."""
     def key(p: Mapping[str, Any]) -> tuple[int, str]:
-        raw = annotations_of(p).get(INDEX_ANNOTATION)
-        return (int(raw) if raw is not None and str(raw).isdigit() else 1 << 30, str(p["metadata"]["name"]))
+        raw = str(annotations_of(p).get(INDEX_ANNOTATION) or "")
+        return (int(raw) if raw.isascii() and raw.isdigit() else 1 << 30, str(p["metadata"]["name"]))
     return sorted(pods, key=key)

@@ -132,6 +132,13 @@ class UnitWriter:
         if len(unit.pods) < len(unit.placement) and not unit.bound_pods:
             return False  # members still being created: none binds before its gang exists
         ledger = batch_ledger(unit, pool)
+        if len(ledger) != len(unit.placement):
+            # An unreadable ledger: queued again, to be admitted afresh.
+            self._patch_job(unit, {"spec": {"suspend": True},
+                                   "metadata": {"annotations": {PLACEMENT_ANNOTATION: None}}})
+            self.events.record(_job(job), "Warning", "InvalidPlacement",
+                               f"annotation {PLACEMENT_ANNOTATION} cannot be read; suspended and queued again")
+            return False
         slots = free_slots(unit)
         todo = list(zip(waiting, slots, strict=False))
         reserved = side_by_side(lambda item: self._reserve(item[0], ledger[item[1]], pool, item[1]), todo,
@@ -194,14 +201,16 @@ class UnitWriter:
             failpoints.hit("after-unit-bind")
             return None
 
-        problems = [p for p in side_by_side(one, pods, "gang", FAN_OUT_FROM) if p]
+        outcomes = side_by_side(one, pods, "gang", FAN_OUT_FROM)
+        problems = [p for p in outcomes if p]
         if problems:
-            # The node went away or the pod changed: give back what is not bound; decided again.
+            # The node went away or the pod changed: give back the reservations of the members
+            # not bound (never of those bound: they hold their devices); decided again.
             self.events.record(_pod(pods[0]) if unit.batch is None else _job(unit.batch), "Warning",
                                "BindFailed", problems[0])
-            left = [p for p in pods if not p["spec"].get("nodeName")]
-            for pod in left:
-                self._clear(pod)
+            for pod, problem in zip(pods, outcomes, strict=True):
+                if problem:
+                    self._clear(pod)
 
     def _clear(self, pod: Mapping[str, Any]) -> dict[str, Any] | None:
         """The pod with its reservation removed (as stored), or None when it is gone."""
