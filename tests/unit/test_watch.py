@@ -45,3 +45,38 @@ def test_an_expired_version_asks_for_a_new_list_and_other_errors_raise() -> None
         stream._take({"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}})
     with pytest.raises(RuntimeError, match="500"):
         stream._take({"type": "ERROR", "object": {"code": 500, "message": "boom"}})
+
+
+class RecordingApi:
+    """Answers every call with an empty list (or an empty watch), remembering the queries."""
+
+    def __init__(self) -> None:
+        self.queries: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def call_api(self, path: str, method: str, query_params: list[tuple[str, str]], **_: Any) -> Any:
+        self.queries.append((path, list(query_params)))
+
+        class Response:
+            data = json.dumps({"items": [], "metadata": {"resourceVersion": "7"}}).encode()
+
+            def stream(self, *a: Any, **k: Any) -> list[bytes]:
+                return []
+
+            def release_conn(self) -> None:
+                pass
+
+        return Response()
+
+
+def test_batch_jobs_are_listed_and_watched_only_when_labelled_with_a_queue() -> None:
+    from wanka.cluster.kube import list_all
+
+    api = RecordingApi()
+    list_all(api, "jobs")  # type: ignore[arg-type]
+    stream = Stream(api=api, kind="jobs", cache=FleetCache())  # type: ignore[arg-type]
+    stream._watch()
+    list_all(api, "pods")  # type: ignore[arg-type]
+    (jobs_list, q1), (jobs_watch, q2), (pods_list, q3) = api.queries
+    assert jobs_list == jobs_watch == "/apis/batch/v1/jobs" and pods_list == "/api/v1/pods"
+    assert ("labelSelector", "wanka.io/queue") in q1 and ("labelSelector", "wanka.io/queue") in q2
+    assert not any(k == "labelSelector" for k, _ in q3)

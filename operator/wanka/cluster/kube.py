@@ -135,6 +135,11 @@ _PATHS = {
 }
 
 
+# Kinds of which the cache holds only what Wanka governs: batch Jobs labelled with a queue (a
+# cluster's other Jobs, often thousands, are never read).
+SELECTORS = {"jobs": "wanka.io/queue"}
+
+
 def collection(kind: str) -> tuple[str, str, str]:
     """(path, apiVersion, kind) of one of the cache's kinds; kind is "" for Wanka's own (its
     objects carry it)."""
@@ -163,6 +168,8 @@ def list_all(api: client.ApiClient, kind: str, page: int = LIST_PAGE,
     token = ""
     while True:
         query = [("limit", str(page))] + ([("continue", token)] if token else [])
+        if kind in SELECTORS:
+            query.append(("labelSelector", SELECTORS[kind]))
         out = request_json(api, "GET", path, query=query, timeout=LIST_TIMEOUT)
         for item in out.get("items") or []:
             item.setdefault("apiVersion", api_version)

@@ -25,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import ReadTimeoutError
 
 from wanka.cluster.cache import KINDS, FleetCache
-from wanka.cluster.kube import collection, list_all
+from wanka.cluster.kube import SELECTORS, collection, list_all
 
 log = logging.getLogger(__name__)
 WATCH_SECONDS = 290  # the server ends each watch after this; the stream then resumes
@@ -92,6 +92,8 @@ class Stream:
         query = [("watch", "true"), ("allowWatchBookmarks", "true"), ("timeoutSeconds", str(WATCH_SECONDS))]
         if self.version:
             query.append(("resourceVersion", self.version))
+        if self.kind in SELECTORS:
+            query.append(("labelSelector", SELECTORS[self.kind]))
         try:
             resp = self.api.call_api(
                 self.path, "GET", query_params=query, header_params={"Accept": "application/json"},
