@@ -72,10 +72,10 @@ def test_batch_jobs_are_listed_and_watched_only_when_labelled_with_a_queue() -> 
     from wanka.cluster.kube import list_all
 
     api = RecordingApi()
-    list_all(api, "jobs")  # type: ignore[arg-type]
-    stream = Stream(api=api, kind="jobs", cache=FleetCache())  # type: ignore[arg-type]
+    list_all(api, "jobs")
+    stream = Stream(api=api, kind="jobs", cache=FleetCache())
     stream._watch()
-    list_all(api, "pods")  # type: ignore[arg-type]
+    list_all(api, "pods")
     (jobs_list, q1), (jobs_watch, q2), (pods_list, q3) = api.queries
     assert jobs_list == jobs_watch == "/apis/batch/v1/jobs" and pods_list == "/api/v1/pods"
     assert ("labelSelector", "wanka.io/queue") in q1 and ("labelSelector", "wanka.io/queue") in q2
