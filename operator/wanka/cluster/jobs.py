@@ -759,6 +759,8 @@ class JobReconciler:
         namespaces = self.cache.store("namespaces")
 
         def one(unit: consumers.Unit) -> tuple[consumers.Unit, GangRequest] | None:
+            if unit.batch is None and not unit.free_pods and not unit.reserved_pods:
+                return None  # every member bound (or stopping): nothing to do, at any scale
             try:
                 ns_labels = (namespaces.get("", unit.namespace) or {}).get("metadata", {}).get("labels") or {}
                 why = consumers.problem(unit, pools, specs, ns_labels)
