@@ -100,6 +100,7 @@ from wanka.metrics import (
     RECONCILE_ERRORS,
     SCHEDULE_SECONDS,
 )
+from wanka.units import mig_share_milli
 
 log = logging.getLogger(__name__)
 
@@ -1183,7 +1184,9 @@ class JobReconciler:
                 shape = consumers.shape_of(unit.template, pool)
             except InvalidRequest:
                 continue
-            per = shape.gpus or (shape.milli / WHOLE) or (1 / 7 if shape.mig_profile else 0)
+            # The same GPU-equivalents as a TrainingJob's (wanka.units): a MIG instance its slices of 7.
+            milli = shape.milli or (mig_share_milli(shape.mig_profile) if shape.mig_profile else 0)
+            per = shape.gpus or milli / WHOLE
             mine_u = unit_usage.setdefault(unit.queue, {})
             mine_u[unit.pool] = mine_u.get(unit.pool, 0) + held * per
             running_n, pending_n = unit_counts.get(unit.queue, (0, 0))
