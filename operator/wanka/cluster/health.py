@@ -26,6 +26,7 @@ from wanka.cluster.fence import Fence, NotLeader, check
 from wanka.cluster.kube import api_message, request_json, side_by_side
 from wanka.cluster.pools import parse_spec
 from wanka.cluster.translate import device_count, labels
+from wanka.cluster.writer import Recorder
 from wanka.core.health import (
     HEALTH_ANNOTATION,
     HEALTHY,
@@ -51,10 +52,6 @@ from wanka.core.health import (
 from wanka.metrics import HEALTH_TRANSITIONS, RECONCILE_ERRORS, SIGNAL_TO_TAINT
 
 log = logging.getLogger(__name__)
-
-
-class Recorder(Protocol):
-    def record(self, obj: Mapping[str, Any], type_: Any, reason: str, message: str) -> None: ...
 
 
 class NodePatcher(Protocol):

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
@@ -73,6 +73,7 @@ from wanka.cluster.translate import (
     pool_membership,
 )
 from wanka.cluster.units import UnitWriter, nominated
+from wanka.cluster.writer import Recorder
 from wanka.core import lifecycle, podpolicy
 from wanka.core.advice import advise, interruption_rate
 from wanka.core.lifecycle import ACTIVE, JobFacts, NodeFacts, PodFacts, VictimFacts
@@ -120,10 +121,6 @@ INPUTS = ("trainingjobs", "pods", "nodes", "gpupools", "tenantqueues", "training
 # waits on them, so never on its own pool), from this many members on: smaller gangs go one by
 # one, as the pass already runs WRITERS jobs at once.
 FAN_OUT_FROM = 8
-
-
-class Recorder(Protocol):
-    def record(self, obj: Mapping[str, Any], type_: Any, reason: str, message: str) -> None: ...
 
 
 def ts(value: Any) -> float | None:

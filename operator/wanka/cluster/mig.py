@@ -20,13 +20,16 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 
 from wanka.core.mig import Geometry, MigInstance, NodeGeometry
 from wanka.core.snapshot import Device, DeviceShare
 from wanka.units import MAX_DEVICES_PER_NODE, mig_share_milli
+
+if TYPE_CHECKING:  # a type only: this module stays free of the API client
+    from wanka.cluster.writer import Recorder
 
 GEOMETRY_ANNOTATION = "wanka.io/mig-geometry"
 INSTANCE_ANNOTATION = "wanka.io/mig-instance"
@@ -178,10 +181,6 @@ class ConfigIO(Protocol):
     def put_configmap(self, ns: str, name: str, data: Mapping[str, str]) -> None: ...
 
     def patch_node(self, name: str, body: Mapping[str, Any]) -> None: ...
-
-
-class Recorder(Protocol):
-    def record(self, obj: Mapping[str, Any], type_: Any, reason: str, message: str) -> None: ...
 
 
 def send_repartition(io: ConfigIO, events: Recorder, namespace: str, node: Mapping[str, Any],

@@ -26,6 +26,7 @@ from wanka.cluster.fence import NotLeader
 from wanka.cluster.ledger import raw_ledger
 from wanka.cluster.mig import read_geometry
 from wanka.cluster.translate import Membership, build_pool_snapshot, pod_requests, pool_membership
+from wanka.cluster.writer import Recorder
 from wanka.core.accounting import PoolSummary, summarize
 from wanka.core.fragmentation import Shape, snapshot_stranded
 from wanka.core.health import PoolCondition
@@ -39,10 +40,6 @@ log = logging.getLogger(__name__)
 
 class StatusPatcher(Protocol):
     def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> bool: ...
-
-
-class Recorder(Protocol):
-    def record(self, obj: Mapping[str, Any], type_: Any, reason: str, message: str) -> None: ...
 
 
 def parse_spec(pool: Mapping[str, Any]) -> GPUPoolSpec:

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from wanka import failpoints
 from wanka.api.gpupool import GPUPoolSpec
@@ -39,15 +39,12 @@ from wanka.cluster.consumers import (
 from wanka.cluster.jobio import Conflict, JobIO
 from wanka.cluster.kube import side_by_side
 from wanka.cluster.translate import NODE_ANNOTATION, annotations_of
+from wanka.cluster.writer import Recorder
 from wanka.core.queueing import Admit
 from wanka.metrics import BINDS
 
 log = logging.getLogger(__name__)
 FAN_OUT_FROM = 8
-
-
-class Recorder(Protocol):
-    def record(self, obj: Mapping[str, Any], type_: Any, reason: str, message: str) -> None: ...
 
 
 def _pod(obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -56,6 +56,12 @@ class StatusWriter:
                 return False
             raise
         return True
+
+
+class Recorder(Protocol):
+    """What the loops record Events through: an EventRecorder, or a test's list."""
+
+    def record(self, obj: Mapping[str, Any], type_: Any, reason: str, message: str) -> None: ...
 
 
 class EventRecorder:
