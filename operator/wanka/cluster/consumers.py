@@ -25,7 +25,6 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Any, Literal
 
 from wanka.api.gpupool import GPUPoolSpec
@@ -47,6 +46,7 @@ from wanka.cluster.translate import (
     labels,
     parse_devices,
     pod_requests,
+    ts,
 )
 from wanka.core.requests import GangRequest, InvalidRequest
 from wanka.core.snapshot import WHOLE, Allocation, DeviceShare
@@ -76,12 +76,7 @@ UnitKind = Literal["Pod", "PodGroup", "Job"]
 
 
 def _ts(value: Any) -> float:
-    if not isinstance(value, str) or not value:
-        return 0.0
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
+    return ts(value) or 0.0
 
 
 def live(pod: Mapping[str, Any]) -> bool:
@@ -215,6 +210,11 @@ class Unit:
         return self.batch is not None and bool(self.placement) and not self.suspended and not self.finished
 
     @property
+    def held(self) -> int:
+        """Members holding devices: an admitted Job's ledger slots, else members bound or reserved."""
+        return len(self.placement) if self.admitted else len(self.bound_pods) + len(self.reserved_pods)
+
+    @property
     def holding(self) -> bool:
         """Whether anything of it still holds devices (a victim is stopped only once this is False)."""
         return bool(self.bound_pods or self.reserved_pods or any(bound(p) for p in self.stopping)
@@ -251,11 +251,10 @@ def collect_units(pods: Iterable[Mapping[str, Any]], jobs: Iterable[Mapping[str,
         else:
             key = f"pod:{ns}/{meta['name']}"
             unit = units.setdefault(key, Unit(key, "Pod", ns, meta["name"]))
-        if meta.get("deletionTimestamp"):
-            if bound(pod):
-                unit.stopping.append(dict(pod))
-            continue
-        unit.pods.append(dict(pod))
+        if live(pod):
+            unit.pods.append(dict(pod))
+        elif bound(pod):
+            unit.stopping.append(dict(pod))  # being deleted, still on its node
     return {k: u for k, u in units.items() if u.pods or u.stopping or u.batch is not None}
 
 

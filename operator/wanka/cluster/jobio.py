@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from wanka.api.common import GROUP, VERSION
+from wanka.cluster.cache import Store, version
 from wanka.cluster.fence import Fence, check
 from wanka.cluster.kube import request_json
+from wanka.metrics import BINDS
 
 log = logging.getLogger(__name__)
 FINALIZER = "wanka.io/finalizer"
@@ -189,3 +192,30 @@ class JobIO:
             except ApiException as exc:
                 if exc.status != 404:
                     raise
+
+
+# --- a write and what the cache should read until the watch shows it -------------------------
+def bind_assumed(io: JobIO, pods: Store, pod: Mapping[str, Any], node: str) -> str | None:
+    """Bind `pod` (`JobIO.bind`), count it, and assume it bound in `pods` until the watch shows
+    it. None when bound; else why it failed."""
+    meta = pod["metadata"]
+    problem = io.bind(meta["namespace"], meta["name"], node)
+    if problem is not None:
+        BINDS.labels("failed").inc()
+        return problem
+    if version(pod):
+        pods.assume({**pod, "spec": {**pod["spec"], "nodeName": node}}, upto=version(pod) + 1)
+    BINDS.labels("bound").inc()
+    return None
+
+
+def delete_assumed(io: JobIO, pods: Store, pod: Mapping[str, Any], grace: int | None, now: float) -> None:
+    """Delete `pod` with `grace` seconds (None: its own), and assume it terminating in `pods`
+    until the watch shows any newer version of it."""
+    meta = pod["metadata"]
+    io.delete_pod(meta["namespace"], meta["name"], grace)
+    if grace is None:
+        own = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+        grace = own if isinstance(own, int) else 30
+    when = datetime.fromtimestamp(now + grace, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    pods.assume({**pod, "metadata": {**meta, "deletionTimestamp": when}}, upto=version(pod) + 1)

@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -41,7 +41,7 @@ from wanka.cluster import consumers
 from wanka.cluster.cache import FleetCache
 from wanka.cluster.cache import version as version_of
 from wanka.cluster.fence import NotLeader
-from wanka.cluster.jobio import FINALIZER, Conflict, JobIO
+from wanka.cluster.jobio import FINALIZER, Conflict, JobIO, bind_assumed, delete_assumed
 from wanka.cluster.kube import api_message, side_by_side
 from wanka.cluster.ledger import ledger_allocations, placement_of
 from wanka.cluster.manifests import (
@@ -71,6 +71,7 @@ from wanka.cluster.translate import (
     node_ready,
     pod_requests,
     pool_membership,
+    ts,
 )
 from wanka.cluster.units import UnitWriter, nominated
 from wanka.cluster.writer import Recorder
@@ -101,7 +102,6 @@ from wanka.metrics import (
     RECONCILE_ERRORS,
     SCHEDULE_SECONDS,
 )
-from wanka.units import mig_share_milli
 
 log = logging.getLogger(__name__)
 
@@ -121,17 +121,6 @@ INPUTS = ("trainingjobs", "pods", "nodes", "gpupools", "tenantqueues", "training
 # waits on them, so never on its own pool), from this many members on: smaller gangs go one by
 # one, as the pass already runs WRITERS jobs at once.
 FAN_OUT_FROM = 8
-
-
-def ts(value: Any) -> float | None:
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if isinstance(value, str) and value:
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return None
-    return None
 
 
 to_dt = lifecycle.to_dt
@@ -524,16 +513,12 @@ class JobReconciler:
     def _delete_pod(self, job: Job, pod: Mapping[str, Any] | None, delete: lifecycle.Delete) -> None:
         if pod is None:
             return
-        self.io.delete_pod(job.ns, delete.name, 0 if delete.force else delete.grace)
         if delete.force:
+            self.io.delete_pod(job.ns, delete.name, 0)
             log.warning("force-deleted pod %s/%s of %s: it cannot stop (node gone, NotReady or stuck)",
                         job.ns, delete.name, job.key)
             return
-        grace = delete.grace if delete.grace is not None else 30
-        when = datetime.fromtimestamp(self.clock() + grace, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        seen = {**pod, "metadata": {**pod["metadata"], "deletionTimestamp": when}}
-        # Assumed terminating until the watch shows any newer version of the pod.
-        self.cache.store("pods").assume(seen, upto=version_of(pod) + 1)
+        delete_assumed(self.io, self.cache.store("pods"), pod, delete.grace, self.clock())
 
     # --- the pass ------------------------------------------------------------------------
     def reconcile_all(self) -> None:
@@ -705,8 +690,7 @@ class JobReconciler:
         unit = units.get(key)
         if unit is None:
             return None
-        return VictimFacts(active=unit.admitted or bool(unit.bound_pods or unit.reserved_pods),
-                           holding=unit.holding)
+        return VictimFacts(active=unit.held > 0, holding=unit.holding)
 
     def _preempt_again(self, key: str, by: str, by_key: Mapping[str, Job], units: Mapping[str, consumers.Unit],
                        nodes: Mapping[str, Mapping[str, Any]], now: float) -> None:
@@ -780,8 +764,7 @@ class JobReconciler:
                                         f"to stop: {', '.join(stopping[:5])}")
                         return None
                     self.units.nominate(unit, [])
-                held = unit.admitted or bool(unit.bound_pods or unit.reserved_pods)
-                owner = f"{unit.key}+" if held else unit.key
+                owner = f"{unit.key}+" if unit.held else unit.key
                 replicas = unit.size if unit.kind == "Job" else len(unit.free_pods)
                 return unit, consumers.request(unit, pool, owner, replicas)
             except NotLeader:
@@ -814,11 +797,10 @@ class JobReconciler:
         for unit in units.values():
             if unit.pool != pool_name:
                 continue
-            held = len(unit.placement) if unit.admitted else len(unit.bound_pods) + len(unit.reserved_pods)
-            if not held:
+            if not unit.held:
                 continue
             try:
-                out.append(consumers.running_request(unit, pool, held))
+                out.append(consumers.running_request(unit, pool, unit.held))
             except Exception as exc:  # it still holds its devices; it only cannot be a victim
                 log.warning("%s is not a preemption candidate: %s", unit.key, exc)
         return out
@@ -896,16 +878,10 @@ class JobReconciler:
 
         def bind(item: tuple[Any, dict[str, Any]]) -> str | None:
             placed, pod = item
-            problem = self.io.bind(job.ns, pod["metadata"]["name"], placed.node)
-            if problem is not None:
-                BINDS.labels("failed").inc()
-                return problem
-            if version_of(pod):
-                bound = {**pod, "spec": {**pod["spec"], "nodeName": placed.node}}
-                self.cache.store("pods").assume(bound, upto=version_of(pod) + 1)
-            BINDS.labels("bound").inc()
-            failpoints.hit("after-bind")
-            return None
+            problem = bind_assumed(self.io, self.cache.store("pods"), pod, placed.node)
+            if problem is None:
+                failpoints.hit("after-bind")
+            return problem
 
         problems = [p for p in side_by_side(bind, unbound, "gang", FAN_OUT_FROM) if p is not None]
         if problems:
@@ -1176,18 +1152,15 @@ class JobReconciler:
             pool = pools.get(unit.pool)
             if pool is None or not unit.queue:
                 continue
-            held = len(unit.placement) if unit.admitted else len(unit.bound_pods) + len(unit.reserved_pods)
             try:
-                shape = consumers.shape_of(unit.template, pool)
+                # The core's GPU-equivalents per member, as for a TrainingJob (wanka.units).
+                per = consumers.request(unit, pool, unit.key, 1).milli_per_replica / WHOLE
             except InvalidRequest:
                 continue
-            # The same GPU-equivalents as a TrainingJob's (wanka.units): a MIG instance its slices of 7.
-            milli = shape.milli or (mig_share_milli(shape.mig_profile) if shape.mig_profile else 0)
-            per = shape.gpus or milli / WHOLE
             mine_u = unit_usage.setdefault(unit.queue, {})
-            mine_u[unit.pool] = mine_u.get(unit.pool, 0) + held * per
+            mine_u[unit.pool] = mine_u.get(unit.pool, 0) + unit.held * per
             running_n, pending_n = unit_counts.get(unit.queue, (0, 0))
-            unit_counts[unit.queue] = (running_n + (1 if held else 0),
+            unit_counts[unit.queue] = (running_n + (1 if unit.held else 0),
                                        pending_n + (1 if unit.free_pods or unit.suspended else 0))
         for name, (spec, raw) in queues.items():
             try:

@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -41,6 +42,18 @@ SLOT_ANNOTATION = "wanka.io/slot"  # a batch Job's pod: which of the Job's place
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 # Node status is written by kubelets and device plugins, not by us: a node claiming more
 # devices than any server holds is counted as this many, never allocated one object each.
+
+
+def ts(value: Any) -> float | None:
+    """Seconds since the epoch of an API timestamp ("2026-01-02T03:04:05Z") or a datetime."""
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
 
 
 def quantity(value: Any, default: str = "0") -> Decimal:

@@ -36,12 +36,11 @@ from wanka.cluster.consumers import (
     reservation,
     slot_of,
 )
-from wanka.cluster.jobio import Conflict, JobIO
+from wanka.cluster.jobio import Conflict, JobIO, bind_assumed, delete_assumed
 from wanka.cluster.kube import side_by_side
 from wanka.cluster.translate import NODE_ANNOTATION, annotations_of
 from wanka.cluster.writer import Recorder
 from wanka.core.queueing import Admit
-from wanka.metrics import BINDS
 
 log = logging.getLogger(__name__)
 FAN_OUT_FROM = 8
@@ -186,13 +185,9 @@ class UnitWriter:
         def one(pod: dict[str, Any]) -> str | None:
             meta = pod["metadata"]
             node = str(annotations_of(pod).get(NODE_ANNOTATION))
-            problem = self.io.bind(meta["namespace"], meta["name"], node)
+            problem = bind_assumed(self.io, self.cache.store("pods"), pod, node)
             if problem is not None:
-                BINDS.labels("failed").inc()
                 return problem
-            BINDS.labels("bound").inc()
-            self.cache.store("pods").assume({**pod, "spec": {**pod["spec"], "nodeName": node}},
-                                            upto=version_of(pod) + 1)
             self.events.record(_pod(pod), "Normal", "Scheduled",
                                f"Successfully assigned {meta['namespace']}/{meta['name']} to {node}")
             failpoints.hit("after-unit-bind")
@@ -283,14 +278,8 @@ class UnitWriter:
             return
 
         def one(pod: dict[str, Any]) -> None:
-            meta = pod["metadata"]
-            self.io.delete_pod(meta["namespace"], meta["name"])
+            delete_assumed(self.io, self.cache.store("pods"), pod, None, self.clock())
             self.events.record(_pod(pod), "Normal", "Preempted", message)
-            grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
-            grace = grace if isinstance(grace, int) else 30
-            when = datetime.fromtimestamp(self.clock() + grace, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            self.cache.store("pods").assume({**pod, "metadata": {**meta, "deletionTimestamp": when}},
-                                            upto=version_of(pod) + 1)
 
         side_by_side(one, unit.pods, "gang", FAN_OUT_FROM)
 
