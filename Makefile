@@ -86,7 +86,7 @@ demo: venv binaries ## local cluster, 16 simulated 8-GPU nodes in 2 racks, a poo
 	$(VPY) hack/demo.py $(if $(KEEP),--keep,)
 
 demo-tidal: venv binaries ## a tidal day: inference pods reclaim GPUs from training and give them back; prints JSON
-	$(VPY) hack/demo_tidal.py $(if $(KEEP),--keep,)
+	$(VPY) hack/demo.py --tidal $(if $(KEEP),--keep,)
 
 bench-scale: venv binaries ## 1,250 nodes, 2,000 jobs, Wanka beside kube-scheduler (builds it once); JSON; ARGS=--runs 1
 	@bash hack/build-binaries.sh --scheduler >/dev/null

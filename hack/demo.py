@@ -2,11 +2,18 @@
 then a 4 x 8-GPU training gang that loses a member and resumes from its checkpoint.
 
 Prints the pool and the job as they go and exits 0, leaving nothing running (unless --keep).
+
+`--tidal` (`make demo-tidal`): a tidal day instead. Three 2 x 2-GPU training gangs fill a
+16-GPU pool at night; an inference Deployment (a higher PriorityClass, plain pods) scales from 2
+to 12 GPU pods in the morning, reclaiming GPUs from training by checkpoint-aware preemption, and
+back at night, when the preempted gangs resume from their checkpoints. Prints the figures as JSON
+(allocation by phase, inference pods' time to Running, work lost per reclaim, restarts).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -22,6 +29,7 @@ from wanka.cluster.dev import create_nodes  # noqa: E402
 from wanka.cluster.devenv import create, devenv  # noqa: E402
 from wanka.cluster.localcluster import ClusterStartError  # noqa: E402
 from wanka.cluster.status_cli import render, table  # noqa: E402
+from wanka.cluster.tidal import Tidal  # noqa: E402
 
 STATE = REPO / ".wanka"
 NS = "team-a"
@@ -87,9 +95,76 @@ def show_events(api: client.ApiClient) -> None:
     print(table(["TYPE", "REASON", "MESSAGE"], rows))
 
 
+def ensure_namespace(api: client.ApiClient, name: str) -> None:
+    try:
+        client.CoreV1Api(api).create_namespace({"metadata": {"name": name}})
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
+def gang_crash(api: client.ApiClient) -> None:
+    """A 4 x 8-GPU gang loses a member and resumes from its checkpoint."""
+    step("16 simulated nodes with 8 H100 each in 2 racks; GPUPool h100-a; TenantQueue team-a")
+    create_nodes(api, 16, 8, "H100-80GB", 2, prefix="gpu", labels={"wanka.io/pool": "h100-a"})
+    create(api, "gpupools", POOL)
+    create(api, "tenantqueues", QUEUE)
+    ensure_namespace(api, NS)
+    wait("16 healthy nodes in the pool", lambda: (client.CustomObjectsApi(api).get_cluster_custom_object(
+        "wanka.io", "v1alpha1", "gpupools", "h100-a").get("status") or {}).get("nodes", {}).get("healthy") == 16)
+    print(render(api))
+
+    step("TrainingJob llama-7b: 4 replicas x 8 GPUs, all in one rack")
+    wait("the default ServiceAccount", lambda: _has_default_sa(api, NS))
+    create(api, "trainingjobs", JOB, NS)
+    wait("the gang to run", lambda: job_status(api).get("phase") == "Running")
+    show_job(api)
+
+    pods = client.CoreV1Api(api).list_namespaced_pod(NS, label_selector="wanka.io/job=llama-7b").items
+    victim = sorted(pods, key=lambda p: p.metadata.name)[1]
+    step(f"replica 1 ({victim.metadata.name} on {victim.spec.node_name}) crashes")
+    client.CoreV1Api(api).patch_namespaced_pod(
+        victim.metadata.name, NS, {"metadata": {"labels": {"wanka.io/sim": "fail"}}})
+    wait("the restart", lambda: job_status(api).get("restarts") == 1)
+    show_job(api)
+    wait("the gang to run again", lambda: job_status(api).get("phase") == "Running", 90)
+    step("the whole gang runs again from its checkpoint (WANKA_RESUME=1), avoiding the bad node")
+    show_job(api)
+    show_events(api)
+    step("pool status")
+    print(render(api))
+
+
+def tidal_day(api: client.ApiClient, json_out: str | None) -> None:
+    """Inference scales 2 -> 12 -> 2 pods over three training gangs on 16 GPUs."""
+    pool, queue, ns = "tidal-h100", "tidal", "tidal"
+    step("2 simulated 8-GPU nodes; GPUPool tidal-h100; TenantQueue tidal (LowerPriority)")
+    create_nodes(api, 2, 8, "H100-80GB", 1, prefix="tide", labels={"wanka.io/pool": pool})
+    create(api, "gpupools", {"apiVersion": "wanka.io/v1alpha1", "kind": "GPUPool", "metadata": {"name": pool},
+                             "spec": {"nodeSelector": {"matchLabels": {"wanka.io/pool": pool}}}})
+    create(api, "tenantqueues", {"apiVersion": "wanka.io/v1alpha1", "kind": "TenantQueue",
+                                 "metadata": {"name": queue},
+                                 "spec": {"namespaces": [ns], "quotas": [{"pool": pool, "gpus": 16}],
+                                          "preemption": {"withinQueue": "LowerPriority"}}})
+    ensure_namespace(api, ns)
+    wait("the default ServiceAccount", lambda: _has_default_sa(api, ns))
+    wait("2 healthy nodes in the pool", lambda: (client.CustomObjectsApi(api).get_cluster_custom_object(
+        "wanka.io", "v1alpha1", "gpupools", pool).get("status") or {}).get("nodes", {}).get("healthy") == 2)
+    step("night: three 2 x 2-GPU training gangs and 2 inference pods; morning: inference to 12; "
+         "night again: back to 2")
+    report = Tidal(api, ns, pool, queue, gangs=3, replicas=2, gpus=2, low=2, high=12, pool_gpus=16,
+                   timeout=120).run()
+    text = json.dumps(report.wire(), indent=2)
+    print(text)
+    if json_out:
+        Path(json_out).write_text(text + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keep", action="store_true", help="leave the cluster and operator running")
+    parser.add_argument("--tidal", action="store_true", help="play a tidal day instead (make demo-tidal)")
+    parser.add_argument("--json", dest="json_out", default=None, help="with --tidal: also write the figures here")
     args = parser.parse_args()
     step("starting the local control plane (etcd, kube-apiserver, controller-manager, kwok), "
          "the CRDs, and the operator as the Helm chart deploys it (its RBAC, ServiceAccount, args)")
@@ -102,38 +177,10 @@ def main() -> int:
     try:
         api = env.api
         (STATE / "kubeconfig").write_text(env.cluster.kubeconfig.read_text())
-        step("16 simulated nodes with 8 H100 each in 2 racks; GPUPool h100-a; TenantQueue team-a")
-        create_nodes(api, 16, 8, "H100-80GB", 2, prefix="gpu", labels={"wanka.io/pool": "h100-a"})
-        create(api, "gpupools", POOL)
-        create(api, "tenantqueues", QUEUE)
-        try:
-            client.CoreV1Api(api).create_namespace({"metadata": {"name": NS}})
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-        wait("16 healthy nodes in the pool", lambda: (client.CustomObjectsApi(api).get_cluster_custom_object(
-            "wanka.io", "v1alpha1", "gpupools", "h100-a").get("status") or {}).get("nodes", {}).get("healthy") == 16)
-        print(render(api))
-
-        step("TrainingJob llama-7b: 4 replicas x 8 GPUs, all in one rack")
-        wait("the default ServiceAccount", lambda: _has_default_sa(api))
-        create(api, "trainingjobs", JOB, NS)
-        wait("the gang to run", lambda: job_status(api).get("phase") == "Running")
-        show_job(api)
-
-        pods = client.CoreV1Api(api).list_namespaced_pod(NS, label_selector="wanka.io/job=llama-7b").items
-        victim = sorted(pods, key=lambda p: p.metadata.name)[1]
-        step(f"replica 1 ({victim.metadata.name} on {victim.spec.node_name}) crashes")
-        client.CoreV1Api(api).patch_namespaced_pod(
-            victim.metadata.name, NS, {"metadata": {"labels": {"wanka.io/sim": "fail"}}})
-        wait("the restart", lambda: job_status(api).get("restarts") == 1)
-        show_job(api)
-        wait("the gang to run again", lambda: job_status(api).get("phase") == "Running", 90)
-        step("the whole gang runs again from its checkpoint (WANKA_RESUME=1), avoiding the bad node")
-        show_job(api)
-        show_events(api)
-        step("pool status")
-        print(render(api))
+        if args.tidal:
+            tidal_day(api, args.json_out)
+        else:
+            gang_crash(api)
         if args.keep:
             log = env.operator.log if env.operator else STATE / "operator.log"
             print(f"\nleft running: export KUBECONFIG={STATE / 'kubeconfig'}; "
@@ -146,9 +193,9 @@ def main() -> int:
             step("stopped everything")
 
 
-def _has_default_sa(api: client.ApiClient) -> bool:
+def _has_default_sa(api: client.ApiClient, namespace: str) -> bool:
     try:
-        client.CoreV1Api(api).read_namespaced_service_account("default", NS)
+        client.CoreV1Api(api).read_namespaced_service_account("default", namespace)
     except ApiException:
         return False
     return True

@@ -1,4 +1,5 @@
-"""A reproducible tidal day on a real control plane (`make demo-tidal` and its integration test).
+"""A reproducible tidal day on a real control plane: `make demo-tidal` (`hack/demo.py --tidal`)
+and its integration test.
 
 Training gangs fill a pool at night; in the morning an inference Deployment (a higher
 PriorityClass, plain pods with `schedulerName: wanka`) scales from `low` to `high` one-GPU pods
