@@ -21,9 +21,10 @@ class Fleet:
 def make_fleet(
     cluster: Cluster, namespace: str, nodes: int = 16, gpus: int = 8, racks: int = 2,
     quota: float = 10_000, sharing: dict[str, Any] | None = None,
-    pool_spec: dict[str, Any] | None = None,
+    pool_spec: dict[str, Any] | None = None, queue_spec: dict[str, Any] | None = None,
 ) -> Fleet:
-    """`pool_spec`: more fields of the GPUPool's spec (onboarding, remediation, ...)."""
+    """`pool_spec`, `queue_spec`: more fields of the GPUPool's spec (onboarding, remediation, ...)
+    and of the TenantQueue's (preemption, ...)."""
     tag = uuid.uuid4().hex[:6]
     names = create_nodes(cluster.api, nodes, gpus, "H100-80GB", racks, prefix=f"j{tag}",
                          labels={"wanka.io/pool": tag})
@@ -40,7 +41,7 @@ def make_fleet(
     cluster.create("tenantqueues", {"apiVersion": "wanka.io/v1alpha1", "kind": "TenantQueue",
                                     "metadata": {"name": queue},
                                     "spec": {"namespaces": [namespace],
-                                             "quotas": [{"pool": pool, "gpus": quota}]}})
+                                             "quotas": [{"pool": pool, "gpus": quota}], **(queue_spec or {})}})
     # A fresh operator's first pass covers every node, pool and job the earlier tests left (the
     # session's cluster keeps them): on 2 busy cores that took over 15 s twice in eight suites.
     # Passes that handle only what changed are issue 11; until then this wait allows for it.

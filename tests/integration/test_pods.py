@@ -209,9 +209,8 @@ def test_indexed_job_is_admitted_as_one_gang(cluster: Cluster, operator: Operato
 def test_a_preempted_batch_job_is_suspended_and_resumes(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
-    fleet = make_fleet(cluster, namespace, nodes=1, racks=1, quota=8)
-    cluster.custom.patch_cluster_custom_object("wanka.io", "v1alpha1", "tenantqueues", fleet.queue,
-                                               {"spec": {"preemption": {"withinQueue": "LowerPriority"}}})
+    fleet = make_fleet(cluster, namespace, nodes=1, racks=1, quota=8,
+                       queue_spec={"preemption": {"withinQueue": "LowerPriority"}})
     scheduling = client.SchedulingV1Api(cluster.api)
     try:
         scheduling.create_priority_class({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",

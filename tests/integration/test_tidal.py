@@ -13,9 +13,8 @@ from wanka.cluster.tidal import Tidal
 def test_inference_reclaims_gpus_from_training_and_training_resumes(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
-    fleet = make_fleet(cluster, namespace, nodes=2, racks=1, quota=16)
-    cluster.custom.patch_cluster_custom_object("wanka.io", "v1alpha1", "tenantqueues", fleet.queue,
-                                               {"spec": {"preemption": {"withinQueue": "LowerPriority"}}})
+    fleet = make_fleet(cluster, namespace, nodes=2, racks=1, quota=16,
+                       queue_spec={"preemption": {"withinQueue": "LowerPriority"}})
     tidal = Tidal(cluster.api, namespace, fleet.pool, fleet.queue, gangs=3, replicas=2, gpus=2,
                   low=2, high=12, pool_gpus=16, timeout=60)
     report = tidal.run()
