@@ -42,7 +42,7 @@ from wanka.cluster.cache import FleetCache
 from wanka.cluster.cache import version as version_of
 from wanka.cluster.fence import NotLeader
 from wanka.cluster.jobio import FINALIZER, Conflict, JobIO, bind_assumed, delete_assumed
-from wanka.cluster.kube import api_message, side_by_side
+from wanka.cluster.kube import api_message, gang_writes, side_by_side
 from wanka.cluster.ledger import ledger_allocations, placement_of
 from wanka.cluster.manifests import (
     ATTEMPT_LABEL,
@@ -117,10 +117,6 @@ CYCLE_SECONDS = 10.0
 # The stores the job loop reads.
 INPUTS = ("trainingjobs", "pods", "nodes", "gpupools", "tenantqueues", "trainingjobprogresses", "namespaces",
           "jobs")
-# A gang's own writes (pods, binds) go side by side, on the "gang" threads (a job's worker
-# waits on them, so never on its own pool), from this many members on: smaller gangs go one by
-# one, as the pass already runs WRITERS jobs at once.
-FAN_OUT_FROM = 8
 
 
 to_dt = lifecycle.to_dt
@@ -821,7 +817,7 @@ class JobReconciler:
         if missing and not pods:
             owned = ((checkpoint_objects(job.raw) if reports(spec) else [])
                      + ([service_manifest(job.raw)] if world > 1 else []))
-            side_by_side(self.io.ensure, owned, "gang", FAN_OUT_FROM)
+            gang_writes(self.io.ensure, owned)
         mem = int((spec.resources.gpu_memory_gi_b or 0) * 1024)
         placed_by_replica = {p.replica: p for p in job.status.placement}
         manifests = []
@@ -856,7 +852,7 @@ class JobReconciler:
                 return replica, manifest, None, exc
 
         refused = None
-        for replica, manifest, created, problem in side_by_side(create, manifests, "gang", FAN_OUT_FROM):
+        for replica, manifest, created, problem in gang_writes(create, manifests):
             if problem is not None:
                 refused = refused or (manifest, problem)
                 continue
@@ -883,7 +879,7 @@ class JobReconciler:
                 failpoints.hit("after-bind")
             return problem
 
-        problems = [p for p in side_by_side(bind, unbound, "gang", FAN_OUT_FROM) if p is not None]
+        problems = [p for p in gang_writes(bind, unbound) if p is not None]
         if problems:
             self._apply(job, lifecycle.bind_failed(job.facts(), [pod_facts(p) for p in job.pods],
                                                    self.clock(), problems[0]))

@@ -37,13 +37,12 @@ from wanka.cluster.consumers import (
     slot_of,
 )
 from wanka.cluster.jobio import Conflict, JobIO, bind_assumed, delete_assumed
-from wanka.cluster.kube import side_by_side
+from wanka.cluster.kube import gang_writes
 from wanka.cluster.translate import NODE_ANNOTATION, annotations_of
 from wanka.cluster.writer import Recorder
 from wanka.core.queueing import Admit
 
 log = logging.getLogger(__name__)
-FAN_OUT_FROM = 8
 
 
 def _pod(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -137,8 +136,7 @@ class UnitWriter:
             return False
         slots = free_slots(unit)
         todo = list(zip(waiting, slots, strict=False))
-        reserved = side_by_side(lambda item: self._reserve(item[0], ledger[item[1]], pool, item[1]), todo,
-                                "gang", FAN_OUT_FROM)
+        reserved = gang_writes(lambda item: self._reserve(item[0], ledger[item[1]], pool, item[1]), todo)
         self.bind(unit, [p for p in reserved if p is not None])
         return False
 
@@ -158,9 +156,8 @@ class UnitWriter:
         if len(free) != len(allocs):
             raise Conflict(f"{unit.key}: {len(free)} members to place, {len(allocs)} placed")
         # Every member reserved first, then every member bound: never a half-bound group.
-        reserved = side_by_side(lambda item: self._reserve(item[0], item[1], pool), list(zip(free, allocs,
-                                                                                              strict=True)),
-                                "gang", FAN_OUT_FROM)
+        reserved = gang_writes(lambda item: self._reserve(item[0], item[1], pool),
+                               list(zip(free, allocs, strict=True)))
         if any(p is None for p in reserved):
             return  # a member changed or went away: the next pass releases and decides again
         self.bind(unit, [p for p in reserved if p is not None])
@@ -193,7 +190,7 @@ class UnitWriter:
             failpoints.hit("after-unit-bind")
             return None
 
-        outcomes = side_by_side(one, pods, "gang", FAN_OUT_FROM)
+        outcomes = gang_writes(one, pods)
         problems = [p for p in outcomes if p]
         if problems:
             # The node went away or the pod changed: give back the reservations of the members
@@ -217,7 +214,7 @@ class UnitWriter:
     def release(self, unit: Unit, why: str) -> None:
         """Give back the reservations of members not bound; `unit` then shows them free."""
         held = unit.reserved_pods
-        cleared = side_by_side(self._clear, held, "gang", FAN_OUT_FROM)
+        cleared = gang_writes(self._clear, held)
         now = {_name(p): p for p in cleared if p}
         unit.pods = [now.get(_name(p), p) for p in unit.pods if _name(p) in now or p not in held]
         if held:
@@ -254,7 +251,7 @@ class UnitWriter:
                                             upto=version_of(pod) + 1)
             self.events.record(_pod(pod), "Warning", "FailedScheduling", text)
 
-        side_by_side(one, unit.free_pods, "gang", FAN_OUT_FROM)
+        gang_writes(one, unit.free_pods)
 
     def nominate(self, unit: Unit, victims: list[str]) -> None:
         """Record the victims before any of them is stopped (see the module's docstring)."""
@@ -281,7 +278,7 @@ class UnitWriter:
             delete_assumed(self.io, self.cache.store("pods"), pod, None, self.clock())
             self.events.record(_pod(pod), "Normal", "Preempted", message)
 
-        side_by_side(one, unit.pods, "gang", FAN_OUT_FROM)
+        gang_writes(one, unit.pods)
 
     def _patch_job(self, unit: Unit, body: dict[str, Any], conditional: bool = False) -> dict[str, Any] | None:
         """`conditional`: only if the Job is still the version this pass decided on (its status
