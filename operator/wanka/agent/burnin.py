@@ -41,10 +41,10 @@ from wanka.agent.probes import (
     ProbeResult,
     is_fatal_reason,
 )
+from wanka.core.preflight import MAX_REPORT_BYTES, clip  # the same termination-message limits
 
 REPORT_KEY = "wankaBurnIn"
 REPORT_VERSION = 1
-MAX_REPORT_BYTES = 4096
 MAX_MESSAGE_CHARS = 512
 MAX_FAULT_MESSAGE_CHARS = 200
 
@@ -96,32 +96,26 @@ class BurnInResult:
         while kept > 0:
             kept -= 1
             note = f" (+{len(self.faults) - kept} more faults not listed)"
-            message = _clip(self.message, MAX_MESSAGE_CHARS - len(note)) + note
+            message = clip(self.message, MAX_MESSAGE_CHARS - len(note)) + note
             text = self._dump(message, self.faults[:kept], 0)
             if len(text) <= MAX_REPORT_BYTES:
                 return text
-        return self._dump(_clip(self.message, 200), (), 0)
+        return self._dump(clip(self.message, 200), (), 0)
 
     def _dump(self, message: str, faults: Iterable[Fault], chars: int) -> str:
         doc = {
             REPORT_KEY: REPORT_VERSION,
             "ok": self.ok,
             "reason": self.reason,
-            "message": _clip(message, MAX_MESSAGE_CHARS),
+            "message": clip(message, MAX_MESSAGE_CHARS),
             "devices": self.devices,
             "faults": [
-                {"index": f.device, "reason": f.reason, "message": _clip(f.message, chars)} for f in faults
+                {"index": f.device, "reason": f.reason, "message": clip(f.message, chars)} for f in faults
             ],
             "dcgm": self.dcgm,
         }
         # ensure_ascii: one character is one byte, so the length checks above are byte counts.
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=True)
-
-
-def _clip(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    return text[: limit - 3] + "..." if limit >= 3 else text[:limit]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +164,7 @@ def judge(probes: Sequence[ProbeResult], expected: int | None, dcgm: DcgmResult)
         listed = ", ".join(f"{i} ({'; '.join(_describe(f) for f in fs)})" for i, fs in sorted(by_device.items()))
         parts.append(f"{len(sick)} of {max(devices, len(sick))} devices faulty: {listed}")
     parts.append(dcgm_text)
-    message = _clip("; ".join(parts), MAX_MESSAGE_CHARS)
+    message = clip("; ".join(parts), MAX_MESSAGE_CHARS)
     return BurnInResult(False, reason, message, devices, tuple(faults), dcgm.status)
 
 
@@ -292,13 +286,13 @@ def parse_dcgm(text: str, returncode: int, stderr: str = "") -> DcgmResult:
     if failures:
         faults: list[Fault] = []
         for test, gpus, why in failures:
-            faults.extend(Fault(DCGM_FAILED, _clip(f"{test}: {why}", MAX_FAULT_MESSAGE_CHARS), g) for g in gpus)
+            faults.extend(Fault(DCGM_FAILED, clip(f"{test}: {why}", MAX_FAULT_MESSAGE_CHARS), g) for g in gpus)
         named = ", ".join(f"{t}" + (f" on GPU {','.join(map(str, g))}" if g else "") for t, g, _ in failures[:4])
         more = f" and {len(failures) - 4} more" if len(failures) > 4 else ""
         return DcgmResult("failed", f"{named}{more}", tuple(_unique(faults)))
     if returncode != 0:
         detail = (stderr.strip().splitlines() or [text.strip()[:120]])[0] if (stderr or text).strip() else ""
-        return DcgmResult("failed", _clip(f"dcgmi exited {returncode}" + (f": {detail}" if detail else ""), 200))
+        return DcgmResult("failed", clip(f"dcgmi exited {returncode}" + (f": {detail}" if detail else ""), 200))
     if doc is None:
         return DcgmResult("failed", "dcgmi's output is not JSON")
     if not any(s.startswith("pass") for s in statuses):
@@ -471,7 +465,7 @@ def _safe_probe(probe: Probe) -> ProbeResult:
 
 def failed(message: str) -> BurnInResult:
     """A ProbeFailed report: the burn-in could not check the node (no probe, a bug)."""
-    return BurnInResult(False, PROBE_FAILED, _clip(message, MAX_MESSAGE_CHARS))
+    return BurnInResult(False, PROBE_FAILED, clip(message, MAX_MESSAGE_CHARS))
 
 
 def emit(result: BurnInResult, path: str, *, echo: Callable[[str], None] = print) -> None:

@@ -23,7 +23,7 @@ from typing import Any, TypeGuard
 
 REPORT_KEY = "wankaPreflight"
 REPORT_VERSION = 1
-MAX_REPORT_BYTES = 4096
+MAX_REPORT_BYTES = 4096  # the kubelet's limit on a termination message
 MAX_MESSAGE_CHARS = 512
 MAX_WHY_CHARS = 120
 
@@ -74,12 +74,12 @@ def encode_report(report: PreflightReport) -> str:
     `MAX_MESSAGE_CHARS` and, where many ranks are named, shortening then dropping culprits
     (the message then says how many were left out)."""
     items = sorted(report.culprits.items())
-    message = _clip(report.message, MAX_MESSAGE_CHARS)
+    message = clip(report.message, MAX_MESSAGE_CHARS)
     for why_chars in (MAX_WHY_CHARS, 40, 12):
-        text = _dump(report, message, [(r, _clip(w, why_chars)) for r, w in items])
+        text = _dump(report, message, [(r, clip(w, why_chars)) for r, w in items])
         if len(text) <= MAX_REPORT_BYTES:
             return text
-    short = [(r, _clip(w, 12)) for r, w in items]
+    short = [(r, clip(w, 12)) for r, w in items]
     # The largest prefix of culprits that fits beside a message saying how many are missing.
     lo, hi = 0, len(short)
     while lo < hi:
@@ -91,7 +91,7 @@ def encode_report(report: PreflightReport) -> str:
     text = _dump(report, _with_note(message, len(short) - lo), short[:lo])
     # Only a message of escaped non-ASCII text can still be too long; shorten it until it fits.
     while len(text) > MAX_REPORT_BYTES and message:
-        message = _clip(message, max(0, len(message) // 2))
+        message = clip(message, max(0, len(message) // 2))
         text = _dump(report, _with_note(message, len(short) - lo), short[:lo])
     return text
 
@@ -116,10 +116,11 @@ def _with_note(message: str, left_out: int) -> str:
     if not left_out:
         return message
     note = f" (+{left_out} more culprits not listed)"
-    return _clip(message, MAX_MESSAGE_CHARS - len(note)) + note
+    return clip(message, MAX_MESSAGE_CHARS - len(note)) + note
 
 
-def _clip(text: str, limit: int) -> str:
+def clip(text: str, limit: int) -> str:
+    """`text` within `limit` characters, marked "..." where it was cut (for termination messages)."""
     if len(text) <= limit:
         return text
     return text[: max(0, limit - 3)] + "..." if limit >= 3 else text[:limit]
@@ -305,7 +306,7 @@ def judge(samples: Mapping[int, RankSample], world_size: int, thresholds: Thresh
     failed_local = {r: s.local_error or "local check failed" for r, s in sorted(samples.items())
                     if not s.local_ok}
     if failed_local:
-        blamed = {r: _clip(f"local check failed: {e}", MAX_WHY_CHARS) for r, e in failed_local.items()}
+        blamed = {r: clip(f"local check failed: {e}", MAX_WHY_CHARS) for r, e in failed_local.items()}
         detail = "; ".join(f"rank {r}: {e}" for r, e in failed_local.items())
         return Verdict(False, LOCAL_CHECK_FAILED, blamed,
                        message=f"{len(blamed)} of {n} ranks failed the local check: {detail}")
