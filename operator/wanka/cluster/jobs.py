@@ -1149,8 +1149,11 @@ class JobReconciler:
             if pool is None or not unit.queue:
                 continue
             try:
-                # The core's GPU-equivalents per member, as for a TrainingJob (wanka.units).
-                per = consumers.request(unit, pool, unit.key, 1).milli_per_replica / WHOLE
+                # The core's GPU-equivalents per member, as for a TrainingJob (wanka.units); the
+                # shape alone, as this runs for every unit on every pass.
+                shape = consumers.shape_of(unit.template, pool)
+                per = GangRequest(unit.key, gpus=shape.gpus, gpu_milli=shape.milli,
+                                  mig_profile=shape.mig_profile).milli_per_replica / WHOLE
             except InvalidRequest:
                 continue
             mine_u = unit_usage.setdefault(unit.queue, {})
