@@ -8,21 +8,26 @@ deciding, planning. Prints JSON:
 - `burst`: N jobs created at once -> all Running: passes, CPU seconds (each loop's share),
   and writes by kind (what a real API server would have to take);
 - `idle_pass_ms`: one pass with those N jobs running and nothing changed (median of 20),
-  each loop's share: what the operator spends every second on a quiet fleet.
+  each loop's share: what the operator spends every second on a quiet fleet;
+- `member_failure`: with those N jobs running, one member of a 4 x 8 gang fails: the passes
+  until the whole gang runs again, and their CPU seconds (each loop's share).
 
-    .venv/bin/python bench/bench_pass.py [--nodes 1250] [--jobs 2000] [--profile]
+    .venv/bin/python bench/bench_pass.py [--nodes 1250] [--jobs 2000] [--profile idle|failure] [--default-gc]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
 import itertools
 import json
+import pstats
 import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,7 @@ from wanka.cluster.health import HealthReconciler  # noqa: E402
 from wanka.cluster.jobio import Conflict  # noqa: E402
 from wanka.cluster.jobs import JobReconciler  # noqa: E402
 from wanka.cluster.pools import PoolReconciler  # noqa: E402
+from wanka.controllers.main import tune_gc  # noqa: E402
 
 NS = "scale"
 
@@ -154,21 +160,41 @@ def fleet(nodes: int) -> tuple[FleetCache, Loopback]:
     return cache, loop
 
 
-def job(name: str) -> dict[str, Any]:
+def job(name: str, replicas: int = 1, gpus: int = 1) -> dict[str, Any]:
     return {"apiVersion": "wanka.io/v1alpha1", "kind": "TrainingJob",
             "metadata": {"name": name, "namespace": NS, "uid": name, "generation": 1,
                          "creationTimestamp": "2026-12-01T00:00:00Z"},
-            "spec": {"pool": "p", "queue": NS, "replicas": 1, "resources": {"gpus": 1},
+            "spec": {"pool": "p", "queue": NS, "replicas": replicas, "resources": {"gpus": gpus},
+                     "restartPolicy": {"maxRestarts": 10, "backoffSeconds": 0, "maxBackoffSeconds": 0},
                      "template": {"spec": {"terminationGracePeriodSeconds": 0,
                                            "containers": [{"name": "t", "image": "trainer:1"}]}}}}
+
+
+@contextlib.contextmanager
+def profiled(on: bool) -> Iterator[None]:
+    if not on:
+        yield
+        return
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=1250)
     parser.add_argument("--jobs", type=int, default=2000)
-    parser.add_argument("--profile", action="store_true", help="print a cProfile of the idle passes to stderr")
+    parser.add_argument("--profile", choices=["idle", "failure"], default="",
+                        help="print a cProfile of the idle passes or of the member-failure passes to stderr")
+    parser.add_argument("--default-gc", action="store_true",
+                        help="keep CPython's collector thresholds (`wanka run` raises them)")
     args = parser.parse_args()
+    if not args.default_gc:
+        tune_gc()  # as `wanka run` does
     cache, loop = fleet(args.nodes)
     events = Events(loop)
     health = HealthReconciler(cache, loop, events)
@@ -195,26 +221,36 @@ def main() -> int:
         if sum(1 for j in store.values() if (j.get("status") or {}).get("phase") == "Running") == args.jobs:
             break
     idle: list[Counter[str]] = []
-    profiler = None
-    if args.profile:
-        import cProfile
+    with profiled(args.profile == "idle"):
+        for _ in range(20):
+            spent: Counter[str] = Counter()
+            one_pass(spent)
+            idle.append(spent)
 
-        profiler = cProfile.Profile()
-        profiler.enable()
+    # One member of a 4 x 8 gang fails while the N jobs run: passes until the gang runs again.
+    loop._put("trainingjobs", job("victim", 4, 8), "ADDED")
     for _ in range(20):
-        spent: Counter[str] = Counter()
-        one_pass(spent)
-        idle.append(spent)
-    if profiler is not None:
-        import pstats
-
-        profiler.disable()
-        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(35)
+        one_pass(Counter())
+    victim = lambda: store.get(NS, "victim") or {}  # noqa: E731
+    assert (victim().get("status") or {}).get("phase") == "Running", victim().get("status")
+    member = next(p for p in cache.store("pods").values() if p["metadata"]["name"].startswith("victim-"))
+    loop._put("pods", {**member, "status": {"phase": "Failed"}})
+    failure: Counter[str] = Counter()
+    failure_passes = 0
+    with profiled(args.profile == "failure"):
+        while failure_passes < 50:
+            one_pass(failure)
+            failure_passes += 1
+            st = victim().get("status") or {}
+            if st.get("restarts") == 1 and st.get("phase") == "Running":
+                break
     print(json.dumps({
         "benchmark": "one operator pass with the API taken out",
         "nodes": args.nodes, "jobs": args.jobs,
         "burst": {"passes": passes, "cpu_seconds": round(sum(burst.values()), 3),
                   "by_loop": {k: round(v, 3) for k, v in burst.items()}, "writes": dict(loop.writes)},
+        "member_failure": {"passes": failure_passes, "cpu_seconds": round(sum(failure.values()), 3),
+                           "by_loop": {k: round(v, 3) for k, v in failure.items()}},
         "idle_pass_ms": {"median": round(1000 * statistics.median(sum(s.values()) for s in idle), 2),
                          "by_loop": {k: round(1000 * statistics.median(s[k] for s in idle), 2) for k, _ in loops}},
     }, indent=2))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.objects import condition, make_node, make_pod, make_training_job
-from wanka.cluster.jobs import node_facts, parse_job, pod_facts
+from wanka.cluster.jobs import ParseMemo, node_facts, parse_job, pod_facts, reservations
 from wanka.core import lifecycle
 from wanka.core.lifecycle import GONE_MARGIN_SECONDS, REFUSED_RELEASE_SECONDS, Delete, VictimFacts
 
@@ -260,3 +260,23 @@ def test_a_pod_with_unreadable_fields_is_parsed_and_treated_as_stale() -> None:
     assert facts.replica is None and facts.exit_code is None
     plan = plan_for(job("j").running(RUN2[0]).obj(), [pod, make_pod("j", 0).on("n1").running().obj()], [ready("n1")])
     assert plan.delete == [Delete("j-x", 5)]
+
+
+def test_what_a_job_version_derives_is_kept_across_passes_and_redone_for_a_new_status() -> None:
+    memo = ParseMemo()
+    raw = job("r").running(*RUN2).obj()
+    raw["metadata"].update(uid="u-r", resourceVersion="7")
+    first = memo.parse(raw, [])
+    ledger = reservations(first)
+    assert [(a.node, len(a.devices)) for a in ledger] == [("n1", 8), ("n2", 8)]
+    memo.end_pass()
+    again = memo.parse(raw, [])
+    assert reservations(again) is ledger  # the same version: not read again
+    # A status replaced during a pass (a decision) is derived from afresh...
+    again.status = again.status.model_copy(update={"placement": again.status.placement[:1]})
+    assert [a.node for a in reservations(again)] == ["n1"]
+    # ...and so is a new version of the job.
+    memo.end_pass()
+    moved = job("r").running(("n3", [0, 1, 2, 3, 4, 5, 6, 7])).obj()
+    moved["metadata"].update(uid="u-r", resourceVersion="8")
+    assert [a.node for a in reservations(memo.parse(moved, []))] == ["n3"]

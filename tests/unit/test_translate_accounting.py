@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from wanka.api.gpupool import GPUPoolSpec
-from wanka.cluster.translate import build_pool_snapshot, parse_devices, pod_requests
+from wanka.cluster.translate import SnapshotMemo, build_pool_snapshot, parse_devices, pod_requests
 from wanka.core.accounting import summarize
 from wanka.core.snapshot import DeviceShare
 
@@ -113,3 +113,49 @@ def test_a_node_claiming_absurd_capacity_is_bounded(capacity: str) -> None:
     view = build_pool_snapshot(SPEC, [bogus, node("b")], [])
     devices = {n.name: len(n.devices) for n in view.snapshot.nodes.values()}
     assert 0 <= devices["a"] <= MAX_DEVICES_PER_NODE and devices["b"] == 8
+
+
+def shape(view: Any) -> tuple[Any, ...]:
+    """Everything a snapshot decides with: nodes, devices, use, health, and each allocation."""
+    snap = view.snapshot
+    nodes = tuple((n.name, n.schedulable, n.health, n.used_cpu_milli, n.opaque_gpus,
+                   tuple((d.index, d.healthy, d.used_milli, d.shares) for d in n.devices))
+                  for n in sorted(snap.nodes.values(), key=lambda n: n.name))
+    return nodes, tuple(sorted(snap.allocations.items())), tuple(view.conflicts)
+
+
+def test_a_memo_gives_the_snapshot_a_fresh_build_gives_as_objects_change() -> None:
+    memo = SnapshotMemo()
+    nodes = [node("a"), node("b")]
+    pods = [pod("x", "a", 3), pod("y", "b", 0, labels={"wanka.io/job": "j"}, annotations={"wanka.io/devices": "1"})]
+
+    def both() -> Any:
+        fresh = build_pool_snapshot(SPEC, nodes, pods)
+        kept = build_pool_snapshot(SPEC, nodes, pods, memo=memo)
+        assert shape(kept) == shape(fresh)
+        return kept
+
+    first = both()
+    # A snapshot's nodes are its own: allocating in one leaves the memo and the next build alone.
+    first.snapshot.node("a").devices[0].used_milli = 1000
+    first.snapshot.node("a").used_cpu_milli = 99
+    second = both()
+    assert second.snapshot.node("a").devices[0].used_milli == 0 and second.snapshot.node("a").opaque_gpus == 3
+    # Changed objects (the cache replaces them, never edits them) are translated again.
+    nodes[1] = node("b", conditions=[{"type": "GPUHealthy", "status": "False"}])
+    pods[0] = pod("x", "a", 5)
+    pods.append(pod("z", "b", 2))
+    third = both()
+    assert not third.snapshot.node("b").schedulable and third.snapshot.node("a").opaque_gpus == 5
+    pods[0] = pod("x", "a", 5, phase="Succeeded")
+    assert both().snapshot.node("a").opaque_gpus == 0
+
+
+def test_a_memo_never_serves_a_node_built_for_another_pool_spec() -> None:
+    memo = SnapshotMemo()
+    nodes = [node("a", gpus=8)]
+    build_pool_snapshot(SPEC, nodes, [], memo=memo)
+    other = GPUPoolSpec.model_validate({**SPEC.model_dump(by_alias=True, exclude_none=True),
+                                      "accelerator": {"resourceName": "example.com/gpu"}})
+    view = build_pool_snapshot(other, nodes, [], memo=memo)
+    assert view.snapshot.node("a").devices == []  # no example.com/gpu on it

@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
@@ -66,6 +67,7 @@ from wanka.cluster.translate import (
     JOB_LABEL,
     REPLICA_LABEL,
     UNHEALTHY_TAINT,
+    SnapshotMemo,
     build_pool_snapshot,
     has_taint,
     node_ready,
@@ -103,6 +105,7 @@ from wanka.metrics import (
     SCHEDULE_SECONDS,
 )
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 # Status codes with which the API refuses a pod for good (until someone changes something):
@@ -202,6 +205,19 @@ class Job:
     # and the plan's Events, recorded with the write.
     stored: TrainingJobStatus | None = None
     deferred: list[lifecycle.Event] = field(default_factory=list)
+    # What is derived from this version of the job (its ledger entries, its request as it
+    # runs), shared by every pass that reads the same version: see `derived`.
+    memo: dict[Any, tuple[Any, Any, Any]] = field(default_factory=dict)
+
+    def derived(self, name: Any, make: Callable[[], T]) -> T:
+        """`make()` computed once per version of the job, not on every pass. Keyed on the
+        very spec and status objects it was computed from: a status replaced in a pass (a
+        decision) computes it again."""
+        hit = self.memo.get(name)
+        if hit is None or hit[0] is not self.status or hit[1] is not self.spec:
+            hit = (self.status, self.spec, make())
+            self.memo[name] = hit
+        return hit[2]
 
     @property
     def ns(self) -> str:
@@ -293,18 +309,18 @@ class ParseMemo:
     made on a copy, as the lifecycle does). Holds only the jobs of the latest pass."""
 
     def __init__(self) -> None:
-        self._memo: dict[tuple[str, str], tuple[TrainingJobSpec | None, TrainingJobStatus, str]] = {}
-        self._next: dict[tuple[str, str], tuple[TrainingJobSpec | None, TrainingJobStatus, str]] = {}
+        self._memo: dict[tuple[str, str], tuple[TrainingJobSpec | None, TrainingJobStatus, str, dict[Any, Any]]] = {}
+        self._next: dict[tuple[str, str], tuple[TrainingJobSpec | None, TrainingJobStatus, str, dict[Any, Any]]] = {}
 
     def parse(self, raw: dict[str, Any], pods: list[dict[str, Any]]) -> Job:
         meta = raw.get("metadata") or {}
         key = (str(meta.get("uid") or meta.get("name")), str(meta.get("resourceVersion") or ""))
         parsed = self._memo.get(key) or self._next.get(key)
         if parsed is None or not key[1]:
-            parsed = _parse(raw)
+            parsed = (*_parse(raw), {})
         self._next[key] = parsed
-        spec, status, invalid = parsed
-        return Job(raw, spec, status, invalid, pods)
+        spec, status, invalid, memo = parsed
+        return Job(raw, spec, status, invalid, pods, memo=memo)
 
     def end_pass(self) -> None:
         self._memo, self._next = self._next, {}
@@ -362,7 +378,8 @@ def reservations(job: Job) -> list[Allocation]:
     """The ledger entries an admitted job's status holds."""
     if job.status.phase not in ACTIVE or job.spec is None:
         return []
-    return ledger_allocations(job.key, job.spec, job.status.placement)
+    spec = job.spec
+    return job.derived("ledger", lambda: ledger_allocations(job.key, spec, job.status.placement))
 
 
 def core_queues(queues: Mapping[str, tuple[TenantQueueSpec, dict[str, Any]]]) -> list[QueueSpec]:
@@ -404,6 +421,8 @@ class JobReconciler:
     # After a pass that left every job settled: (store changes, until when to trust it).
     _idle: tuple[tuple[int, ...], float] | None = None
     _units: UnitWriter | None = None
+    # Per pool: the node and pod translations of its last snapshot (translate.SnapshotMemo).
+    _memos: dict[str, SnapshotMemo] = field(default_factory=dict)
 
     @property
     def units(self) -> UnitWriter:
@@ -930,11 +949,13 @@ class JobReconciler:
         node_objs = self.cache.store("nodes").values()
         # A node several pools select is in none of them: the same rule as pool status.
         view = build_pool_snapshot(pool, node_objs, self.cache.store("pods").values(), ledger,
-                                   pool_membership(self._pools(), node_objs).nodes_of(pool_name))
+                                   pool_membership(self._pools(), node_objs).nodes_of(pool_name),
+                                   self._memos.setdefault(pool_name, SnapshotMemo()))
         running = []
         for j in active:
             try:
-                running.append(job_request(j, pool, resuming=False, placed=True))
+                running.append(j.derived(("running", pool.accelerator.resource_name),
+                                         partial(job_request, j, pool, resuming=False, placed=True)))
             except Exception as exc:  # its ledger still holds its devices; it only cannot be a victim
                 log.warning("running gang %s is not a preemption candidate: %s", j.key, exc)
         running += self._running_units(pool_name, pool, units)

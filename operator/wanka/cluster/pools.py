@@ -25,7 +25,7 @@ from wanka.cluster.cache import FleetCache
 from wanka.cluster.fence import NotLeader
 from wanka.cluster.ledger import raw_ledger
 from wanka.cluster.mig import read_geometry
-from wanka.cluster.translate import Membership, build_pool_snapshot, pod_requests, pool_membership
+from wanka.cluster.translate import Membership, SnapshotMemo, build_pool_snapshot, pod_requests, pool_membership
 from wanka.cluster.writer import Recorder
 from wanka.core.accounting import PoolSummary, summarize
 from wanka.core.fragmentation import Shape, snapshot_stranded
@@ -34,6 +34,9 @@ from wanka.core.snapshot import WHOLE, Allocation
 from wanka.metrics import RECONCILE_ERRORS
 
 RESYNC_SECONDS = 30.0
+# How stale a pool's allocation counts may be while pods and jobs change (node and pool
+# changes, which decide health and membership, are reported at once).
+LOAD_REFRESH_SECONDS = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -169,16 +172,26 @@ class PoolReconciler:
     _shapes: dict[tuple[str, int, str], Shape | None] = field(default_factory=dict)
     # Each job's ledger entries, read again only when the job changes: uid -> (version, entries).
     _ledger: dict[str, tuple[str, list[Allocation]]] = field(default_factory=dict)
+    # Per pool: the node and pod translations of its last snapshot (translate.SnapshotMemo).
+    _memos: dict[str, SnapshotMemo] = field(default_factory=dict)
     _token: Any = None
     _resync_at: float = 0.0
 
     def reconcile_all(self) -> None:
         # Pool status is a function of nodes, pods, jobs, pools and the health guard: when none
         # of them changed, neither did it (a resync every RESYNC_SECONDS all the same).
-        token = (self.cache.changes("nodes", "pods", "trainingjobs", "gpupools"), repr(sorted(self.guard.items())))
-        if token == self._token and time.monotonic() < self._resync_at:
+        fleet = (self.cache.changes("nodes", "gpupools"), repr(sorted(self.guard.items())))
+        token = (fleet, self.cache.changes("pods", "trainingjobs"))
+        now = time.monotonic()
+        if token == self._token and now < self._resync_at:
             return
-        self._token, self._resync_at = token, time.monotonic() + RESYNC_SECONDS
+        if (self._token is not None and fleet == self._token[0]
+                and now < self._resync_at - RESYNC_SECONDS + LOAD_REFRESH_SECONDS):
+            # Only pods and jobs changed, and the status is younger than LOAD_REFRESH_SECONDS:
+            # a burst of placements is counted once it settles (the fleet loop comes back every
+            # second), not on every pass in the way of the next placement.
+            return
+        self._token, self._resync_at = token, now + RESYNC_SECONDS
         nodes = self.cache.store("nodes").values()
         pods = self.cache.store("pods").values()
         ledger = self._ledger_by_pool()
@@ -229,7 +242,8 @@ class PoolReconciler:
         # Reserved but not yet bound counts as allocated: the job loop sees the same ledger.
         if membership is None:
             membership = pool_membership({name: spec}, nodes)
-        view = build_pool_snapshot(spec, nodes, pods, ledger, membership.nodes_of(name))
+        view = build_pool_snapshot(spec, nodes, pods, ledger, membership.nodes_of(name),
+                                   self._memos.setdefault(name, SnapshotMemo()))
         overlap = overlap_message(*membership.overlaps(name))
         shapes = pool_shapes(self.cache.store("trainingjobs").values(), name, spec,
                              lambda job: self._shape(job, spec.accelerator.resource_name))
