@@ -1181,6 +1181,41 @@ def test_admit_of_a_slice_writes_its_pinning_before_the_binding() -> None:
         ("bind", "a", "n1")]
 
 
+def test_admit_binds_a_lone_whole_device_pod_in_one_write() -> None:
+    pods = [valid_pod().gpus(2).obj()]
+    rig = Rig(pods)
+    unit = the_unit(pods)
+    rig.writer.admit(unit, decision(unit, alloc("n1", DeviceShare(3), DeviceShare(4), owner=unit.key)), EXCLUSIVE)
+    # The binding is its ledger: no reservation written first, nothing to release after.
+    assert rig.io.calls == [("bind", "a", "n1")]
+    assert rig.events.reasons() == ["Scheduled"]
+    bound = rig.cached("a")
+    assert bound["spec"]["nodeName"] == "n1" and NODE_ANNOTATION not in bound["metadata"]["annotations"]
+    # Bound, it holds two whole devices of n1 (which ones is the device plugin's choice).
+    view = build_pool_snapshot(EXCLUSIVE, [gpu_node("n1")], [bound])
+    assert view.snapshot.node("n1").free_whole == 6 and view.conflicts == []
+    assert rig.unit().bound_pods and not rig.unit().free_pods
+
+
+def test_a_lone_pod_whose_direct_binding_fails_is_left_free_without_a_write() -> None:
+    pods = [valid_pod().gpus(1).obj()]
+    rig = Rig(pods)
+    rig.io.bind_failures["a"] = "binding a to n1 failed: node n1 not found"
+    unit = the_unit(pods)
+    rig.writer.admit(unit, decision(unit, alloc("n1", DeviceShare(0), owner=unit.key)), EXCLUSIVE)
+    assert rig.io.calls == [("bind", "a", "n1")]
+    assert rig.events.reasons() == ["BindFailed"]
+    assert names(rig.unit().free_pods) == ["a"]
+
+
+def test_a_lone_pod_already_reserved_is_bound_where_its_reservation_says() -> None:
+    # Reserved by an operator that stopped before binding: settle binds it to its reservation.
+    pods = [valid_pod().gpus(1).reserved("n2", "1").obj()]
+    rig = Rig(pods)
+    rig.writer.settle(the_unit(pods), EXCLUSIVE)
+    assert rig.io.of("bind") == [("bind", "a", "n2")]
+
+
 def test_admit_binds_nothing_when_a_reservation_is_refused() -> None:
     pods = [group_pod(f"g-{i}", 3).obj() for i in range(3)]
     rig = Rig(pods)

@@ -41,6 +41,7 @@ from wanka.cluster.kube import gang_writes
 from wanka.cluster.translate import NODE_ANNOTATION, annotations_of
 from wanka.cluster.writer import Recorder
 from wanka.core.queueing import Admit
+from wanka.core.snapshot import WHOLE, Allocation
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,13 @@ def _job(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 def _name(pod: Mapping[str, Any]) -> str:
     return str(pod["metadata"]["name"])
+
+
+def pinned(alloc: Allocation) -> bool:
+    """Whether a member's allocation must be written on its pod before the binding: a slice
+    or MIG instance is pinned to its device through the pod's annotations (whole devices are
+    the device plugin's to pick)."""
+    return any(d.milli < WHOLE or d.mig_start is not None for d in alloc.devices)
 
 
 def nominated(unit: Unit) -> list[str]:
@@ -155,6 +163,12 @@ class UnitWriter:
         free = sorted(unit.free_pods, key=_name)
         if len(free) != len(allocs):
             raise Conflict(f"{unit.key}: {len(free)} members to place, {len(allocs)} placed")
+        if unit.kind == "Pod" and not pinned(allocs[0]) and not annotations_of(free[0]).get(NODE_ANNOTATION):
+            # A lone pod on whole devices: the binding is its whole ledger (one atomic write,
+            # as kube-scheduler's), and the device plugin picks its devices. Bound, it holds
+            # them in every snapshot as whole devices of no known index.
+            self.bind(unit, [free[0]], allocs[0].node)
+            return
         # Every member reserved first, then every member bound: never a half-bound group.
         reserved = gang_writes(lambda item: self._reserve(item[0], item[1], pool),
                                list(zip(free, allocs, strict=True)))
@@ -177,11 +191,12 @@ class UnitWriter:
         failpoints.hit("after-reserve")
         return stored
 
-    def bind(self, unit: Unit, pods: list[dict[str, Any]]) -> None:
-        """Bind reserved pods to their reserved nodes, side by side."""
+    def bind(self, unit: Unit, pods: list[dict[str, Any]], direct: str | None = None) -> None:
+        """Bind reserved pods to their reserved nodes, side by side (`direct`: bind the one,
+        unreserved pod of a lone-pod unit to this node)."""
         def one(pod: dict[str, Any]) -> str | None:
             meta = pod["metadata"]
-            node = str(annotations_of(pod).get(NODE_ANNOTATION))
+            node = direct or str(annotations_of(pod).get(NODE_ANNOTATION))
             problem = bind_assumed(self.io, self.cache.store("pods"), pod, node)
             if problem is not None:
                 return problem
@@ -198,7 +213,7 @@ class UnitWriter:
             self.events.record(_pod(pods[0]) if unit.batch is None else _job(unit.batch), "Warning",
                                "BindFailed", problems[0])
             for pod, problem in zip(pods, outcomes, strict=True):
-                if problem:
+                if problem and direct is None:  # (a direct binding reserved nothing)
                     self._clear(pod)
 
     def _clear(self, pod: Mapping[str, Any]) -> dict[str, Any] | None:
