@@ -59,3 +59,15 @@ app.kubernetes.io/component: agent
 {{- define "wanka.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+
+{{- /* The admissionregistration version serving MutatingAdmissionPolicy (v1; v1beta1 behind the
+feature gate of the same name in 1.34 and 1.35), or "" where the API server serves none. */ -}}
+{{- define "wanka.mapVersion" -}}
+{{- $found := "" }}
+{{- range list "admissionregistration.k8s.io/v1" "admissionregistration.k8s.io/v1beta1" }}
+{{- if and (not $found) ($.Capabilities.APIVersions.Has (printf "%s/MutatingAdmissionPolicy" .)) }}
+{{- $found = . }}
+{{- end }}
+{{- end }}
+{{- $found }}
+{{- end }}
