@@ -7,12 +7,16 @@ Each run starts a fresh local control plane and measures, in order:
 2. `peer_all_running_seconds`: kube-scheduler, built from the same Kubernetes release
    (`hack/build-binaries.sh --scheduler`), client QPS 5,000: P plain 1-GPU pods created at once,
    seconds until every one is Running. Then they are deleted and kube-scheduler stops.
-3. The Wanka operator starts; `pool_ready_seconds`: from the GPUPool's creation until its status
-   counts every node healthy (the operator has taken the fleet in). `gang_1024_seconds` and
-   `gang_4096_seconds`: one 128 x 8 and one 512 x 8 TrainingJob, create -> Running (each deleted
-   afterwards); `gangs_100x64_seconds`: 100 8 x 8 gangs created at once -> all Running (then
-   deleted).
-4. `wanka_all_running_seconds`: P one-replica 1-GPU TrainingJobs created at once -> all Running
+3. The Wanka operator starts (with the chart's job-finalizer policy, as `helm install` makes it
+   on this API server; `--no-finalizer-policy` leaves it out); `pool_ready_seconds`: from the
+   GPUPool's creation until its status counts every node healthy (the operator has taken the
+   fleet in). `gang_1024_seconds` and `gang_4096_seconds`: one 128 x 8 and one 512 x 8
+   TrainingJob, create -> Running (each deleted afterwards); `gangs_100x64_seconds`: 100 8 x 8
+   gangs created at once -> all Running (then deleted).
+4. `wanka_pods_all_running_seconds`: step 2's P plain pods, now with `schedulerName: wanka` and
+   the queue and pool labels, created at once -> all Running (then deleted);
+   `ratio_peer_over_wanka_pods` is step 2's time over this one: scheduler against scheduler.
+   `wanka_all_running_seconds`: P one-replica 1-GPU TrainingJobs created at once -> all Running
    (a sweep's trials: `checkpoint.resume: Never`, so no progress report; `--small-resume Auto`);
    `ratio_peer_over_wanka` is step 2's time over this one, within the same run.
 5. With those P jobs running: `member_failure_seconds` (one member of a 4 x 8 gang fails ->
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -50,7 +55,7 @@ from kubernetes import client  # noqa: E402
 from kubernetes.client.exceptions import ApiException  # noqa: E402
 
 from wanka.cluster.dev import node_manifest  # noqa: E402
-from wanka.cluster.devenv import install_crds, start_operator  # noqa: E402
+from wanka.cluster.devenv import apply_manifests, install_crds, render_chart, start_operator  # noqa: E402
 from wanka.cluster.kube import api_client, request_json  # noqa: E402
 from wanka.cluster.localcluster import BUILD_SCRIPT, LocalCluster, free_port  # noqa: E402
 from wanka.cluster.watch import events  # noqa: E402
@@ -60,6 +65,7 @@ NS = "scale"
 PEER_NS = "peer"
 GROUP_PATH = "/apis/wanka.io/v1alpha1"
 CLIENTS = 16  # concurrent creators, for both schedulers alike
+MAP_API = "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy"
 
 Predicate = Callable[[dict[str, Any]], bool]
 
@@ -188,7 +194,8 @@ def make_nodes(api: client.ApiClient, count: int) -> float:
     return watch.last_first(names) - start
 
 
-def peer(api: client.ApiClient, cluster: LocalCluster, bins: Path, tmp: Path, pods: int) -> dict[str, float]:
+def peer(api: client.ApiClient, cluster: LocalCluster, bins: Path, tmp: Path, pods: int,
+         meter: CpuMeter) -> dict[str, float]:
     port = free_port()
     conf = tmp / "scheduler.yaml"
     conf.write_text(yaml.safe_dump({
@@ -201,6 +208,7 @@ def peer(api: client.ApiClient, cluster: LocalCluster, bins: Path, tmp: Path, po
             str(bins / "kube-scheduler"), f"--config={conf}", "--bind-address=127.0.0.1", f"--secure-port={port}",
             f"--authentication-kubeconfig={cluster.kubeconfig}", f"--authorization-kubeconfig={cluster.kubeconfig}",
         ], stdout=out, stderr=subprocess.STDOUT)
+    meter.pids["kube-scheduler"] = proc.pid
     try:
         wait_http(f"https://127.0.0.1:{port}/healthz", 60)
         namespace(api, PEER_NS)
@@ -208,14 +216,13 @@ def peer(api: client.ApiClient, cluster: LocalCluster, bins: Path, tmp: Path, po
         base = f"/api/v1/namespaces/{PEER_NS}/pods"
         bound = Watch(api, base, lambda p: bool((p.get("spec") or {}).get("nodeName")))
         up = Watch(api, base, running)
+        before = meter.read()
         start = time.monotonic()
-        parallel(lambda n: post(api, base, {
-            "metadata": {"name": n}, "spec": {"terminationGracePeriodSeconds": 0, "containers": [{
-                "name": "c", "image": "trainer:1",
-                "resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"cpu": "100m"}}}]}}), names)
+        parallel(lambda n: post(api, base, plain_pod(n)), names)
         created = time.monotonic() - start
         up.wait(lambda: up.satisfied(names) == pods, 900, "peer pods Running")
-        out_ = {"peer_created_seconds": created, "peer_all_bound_seconds": bound.last_first(names) - start,
+        out_ = {**meter.since(before, "peer"), "peer_created_seconds": created,
+                "peer_all_bound_seconds": bound.last_first(names) - start,
                 "peer_all_running_seconds": up.last_first(names) - start}
         delete_all(api, base)
         up.wait(lambda: not up.now, 300, "peer pods deleted")
@@ -225,6 +232,33 @@ def peer(api: client.ApiClient, cluster: LocalCluster, bins: Path, tmp: Path, po
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def plain_pod(name: str, scheduler: str | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """One 1-GPU pod, the same for kube-scheduler and for Wanka (which adds its scheduler name
+    and the queue and pool labels)."""
+    spec: dict[str, Any] = {"terminationGracePeriodSeconds": 0, "containers": [{
+        "name": "c", "image": "trainer:1",
+        "resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"cpu": "100m"}}}]}
+    if scheduler:
+        spec["schedulerName"] = scheduler
+    return {"metadata": {"name": name, "labels": labels or {}}, "spec": spec}
+
+
+def wanka_pods(api: client.ApiClient, w: Wanka, count: int) -> dict[str, float]:
+    """Step 2's plain pods, bound by Wanka instead: the same API work, scheduler against scheduler."""
+    names = [f"w-{i}" for i in range(count)]
+    up = Watch(api, w.pods_path, running)
+    start = time.monotonic()
+    parallel(lambda n: post(api, w.pods_path, plain_pod(
+        n, "wanka", {"wanka.io/queue": NS, "wanka.io/pool": POOL})), names)
+    created = time.monotonic() - start
+    up.wait(lambda: up.satisfied(names) == count, 900, "Wanka's plain pods Running")
+    out = {"wanka_pods_created_seconds": created, "wanka_pods_all_running_seconds": up.last_first(names) - start}
+    delete_all(api, w.pods_path)
+    up.wait(lambda: not up.now, 300, "Wanka's plain pods deleted")
+    up.stop()
+    return out
 
 
 def wait_http(url: str, timeout: float) -> None:
@@ -295,9 +329,32 @@ def proc_mib(pid: int, field: str) -> float:
     return 0.0
 
 
+class CpuMeter:
+    """CPU seconds each control-plane process (and the operator, once started) spends in a step:
+    where a step's time goes on a machine all of them share."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.pids = {**cluster.pids(), "bench": os.getpid()}
+
+    def read(self) -> dict[str, float]:
+        out = {}
+        for name, pid in self.pids.items():
+            try:
+                out[name] = proc_cpu_seconds(pid)
+            except (OSError, IndexError, ValueError):
+                continue
+        return out
+
+    def since(self, before: dict[str, float], prefix: str) -> dict[str, float]:
+        now = self.read()
+        return {f"{prefix}_{name.replace('-', '_')}_cpu_seconds": now[name] - before[name]
+                for name in now if name in before}
+
+
 def member_failure(api: client.ApiClient, w: Wanka, tries: int) -> list[float]:
     name = "victim"
-    w.all_running([name], w.create([training_job(name, 4, 8)]), 300, "victim gang")
+    took = w.all_running([name], w.create([training_job(name, 4, 8)]), 300, "victim gang")
+    log(f"the 4 x 8 gang to fail is Running after {took:.2f}s")
     times = []
     path = f"{w.jobs_path}/{name}"
     for i in range(tries):
@@ -332,15 +389,21 @@ def one_run(args: argparse.Namespace, bins: Path, index: int) -> dict[str, Any]:
         try:
             api = api_client(kubeconfig)
             install_crds(api)
+            if not args.no_finalizer_policy:
+                # As `helm install` does on an API server serving MutatingAdmissionPolicy.
+                apply_manifests(api, render_chart("wanka", "default", "--api-versions", MAP_API,
+                                                  "--show-only", "templates/jobfinalizer.yaml"), "default")
             log(f"run {index}: creating {args.nodes} nodes")
             out["nodes_schedulable_seconds"] = make_nodes(api, args.nodes)
             log(f"run {index}: nodes schedulable after {out['nodes_schedulable_seconds']:.1f}s")
+            meter = CpuMeter(cluster)
             if not args.skip_peer:
-                out.update(peer(api, cluster, bins, tmp, args.jobs))
+                out.update(peer(api, cluster, bins, tmp, args.jobs, meter))
                 log(f"run {index}: kube-scheduler: {args.jobs} pods Running after "
                     f"{out['peer_all_running_seconds']:.1f}s")
             operator = start_operator(kubeconfig, tmp / "operator.log", timeout=120)
             pid = operator.proc.pid
+            meter.pids["operator"] = pid
             pool_start = time.monotonic()
             request_json(api, "POST", f"{GROUP_PATH}/gpupools", {
                 "apiVersion": "wanka.io/v1alpha1", "kind": "GPUPool", "metadata": {"name": POOL},
@@ -369,14 +432,25 @@ def one_run(args: argparse.Namespace, bins: Path, index: int) -> dict[str, Any]:
             out[f"gangs_{gangs}x64_seconds"] = w.all_running(names, start, 600, "concurrent gangs")
             log(f"run {index}: {gangs} 8 x 8 gangs Running after {out[f'gangs_{gangs}x64_seconds']:.1f}s")
             w.remove(names)
+            before = meter.read()
+            out.update(wanka_pods(api, w, args.jobs))
+            out.update(meter.since(before, "wanka_pods"))
+            log(f"run {index}: Wanka: {args.jobs} plain pods Running after "
+                f"{out['wanka_pods_all_running_seconds']:.1f}s")
+            if "peer_all_running_seconds" in out:
+                out["ratio_peer_over_wanka_pods"] = (out["peer_all_running_seconds"]
+                                                     / out["wanka_pods_all_running_seconds"])
             names = [f"s-{i}" for i in range(args.jobs)]
+            before = meter.read()
             start = w.create([training_job(n, 1, 1, args.small_resume) for n in names])
             out["wanka_created_seconds"] = time.monotonic() - start
             out["wanka_all_running_seconds"] = w.all_running(names, start, 1800, "small jobs")
+            out.update(meter.since(before, "wanka_jobs"))
             log(f"run {index}: Wanka: {args.jobs} jobs Running after {out['wanka_all_running_seconds']:.1f}s")
             if "peer_all_running_seconds" in out:
                 out["ratio_peer_over_wanka"] = out["peer_all_running_seconds"] / out["wanka_all_running_seconds"]
-            out["member_failure_seconds"] = statistics.median(member_failure(api, w, 3))
+            tries = member_failure(api, w, 3)
+            out["member_failure_seconds"], out["member_failure_max_seconds"] = statistics.median(tries), max(tries)
             log(f"run {index}: member failure -> gang Running in {out['member_failure_seconds']:.2f}s")
             time.sleep(10)  # let the last writes' watch events settle
             cpu0, t0 = proc_cpu_seconds(pid), time.monotonic()
@@ -400,6 +474,7 @@ def one_run(args: argparse.Namespace, bins: Path, index: int) -> dict[str, Any]:
 
 TARGETS = {
     "ratio_peer_over_wanka": ">= 1.0 (aim 1.5)",
+    "ratio_peer_over_wanka_pods": ">= 1.0 (aim 1.5)",
     "gang_4096_seconds": "<= 5",
     "gang_1024_seconds": "<= 3",
     "member_failure_seconds": "<= 2",
@@ -420,6 +495,9 @@ def main() -> int:
     parser.add_argument("--small-resume", choices=["Never", "Auto"], default="Never",
                         help="checkpoint.resume of the one-GPU jobs (default Never: a sweep's trials, which "
                         "need no progress report; Auto adds its ServiceAccount, Role, binding and report)")
+    parser.add_argument("--no-finalizer-policy", action="store_true",
+                        help="leave out the chart's job-finalizer policy (the operator then adds each "
+                        "job's finalizer with a write of its own)")
     parser.add_argument("--keep-logs", default="", help="a directory to copy each run's operator log into")
     args = parser.parse_args()
     bins = Path(subprocess.run(["bash", str(BUILD_SCRIPT), *([] if args.skip_peer else ["--scheduler"])],
@@ -436,7 +514,7 @@ def main() -> int:
     print(json.dumps({
         "benchmark": "1,250-node scale, Wanka beside kube-scheduler of the same release",
         "nodes": args.nodes, "gpus": args.nodes * 8, "jobs": args.jobs, "runs": args.runs,
-        "small_jobs_resume": args.small_resume,
+        "small_jobs_resume": args.small_resume, "finalizer_policy": not args.no_finalizer_policy,
         "figures": figures, "targets": {k: v for k, v in TARGETS.items() if k in figures},
     }, indent=2))
     return 0

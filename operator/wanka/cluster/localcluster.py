@@ -137,6 +137,10 @@ class LocalCluster:
     def pid_file(self) -> Path:
         return self.state_dir / "pids.json"
 
+    def pids(self) -> dict[str, int]:
+        """The running control plane's processes by name (etcd, kube-apiserver, ...)."""
+        return self._pids()
+
     def _pids(self) -> dict[str, int]:
         if not self.pid_file.exists():
             return {}
