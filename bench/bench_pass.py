@@ -10,9 +10,11 @@ deciding, planning. Prints JSON:
 - `idle_pass_ms`: one pass with those N jobs running and nothing changed (median of 20),
   each loop's share: what the operator spends every second on a quiet fleet;
 - `member_failure`: with those N jobs running, one member of a 4 x 8 gang fails: the passes
-  until the whole gang runs again, and their CPU seconds (each loop's share).
+  until the whole gang runs again, and their CPU seconds (each loop's share);
+- `plain_pods`: then N plain 1-GPU pods (`schedulerName: wanka`), in 20 waves with a pass
+  after each: the passes until every one is bound, and their CPU seconds.
 
-    .venv/bin/python bench/bench_pass.py [--nodes 1250] [--jobs 2000] [--profile idle|failure] [--default-gc]
+    .venv/bin/python bench/bench_pass.py [--nodes 1250] [--jobs 2000] [--profile idle|failure|pods] [--default-gc]
 """
 
 from __future__ import annotations
@@ -89,6 +91,9 @@ class Loopback:
         cur = self.cache.store("pods").objects[(ns, pod)]
         self._put("pods", {**cur, "spec": {**cur["spec"], "nodeName": node}, "status": running_status()})
         return None
+
+    def pod_condition(self, ns: str, name: str, condition: Mapping[str, Any]) -> None:
+        self.writes["pod condition"] += 1
 
     def delete_pod(self, ns: str, name: str, grace: int | None = None) -> None:
         self.writes["delete pod"] += 1
@@ -170,6 +175,15 @@ def job(name: str, replicas: int = 1, gpus: int = 1) -> dict[str, Any]:
                                            "containers": [{"name": "t", "image": "trainer:1"}]}}}}
 
 
+def plain_pod(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "uid": name, "creationTimestamp": "2026-12-01T00:00:00Z",
+                         "labels": {"wanka.io/queue": NS, "wanka.io/pool": "p"}},
+            "spec": {"schedulerName": "wanka", "terminationGracePeriodSeconds": 0, "containers": [
+                {"name": "c", "image": "trainer:1", "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+            "status": {"phase": "Pending"}}
+
+
 @contextlib.contextmanager
 def profiled(on: bool) -> Iterator[None]:
     if not on:
@@ -188,8 +202,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=1250)
     parser.add_argument("--jobs", type=int, default=2000)
-    parser.add_argument("--profile", choices=["idle", "failure"], default="",
-                        help="print a cProfile of the idle passes or of the member-failure passes to stderr")
+    parser.add_argument("--profile", choices=["idle", "failure", "pods"], default="",
+                        help="print a cProfile of the idle, member-failure or plain-pod passes to stderr")
     parser.add_argument("--default-gc", action="store_true",
                         help="keep CPython's collector thresholds (`wanka run` raises them)")
     args = parser.parse_args()
@@ -244,11 +258,30 @@ def main() -> int:
             st = victim().get("status") or {}
             if st.get("restarts") == 1 and st.get("phase") == "Running":
                 break
+    # N plain 1-GPU pods (schedulerName wanka) beside the N jobs, arriving as a burst does on
+    # the API server (in 20 waves, a pass after each): passes until every one is bound.
+    names = [f"w-{i}" for i in range(args.jobs)]
+    pod_cpu: Counter[str] = Counter()
+    pod_passes = 0
+    pods = cache.store("pods")
+    wave = max(1, args.jobs // 20)
+    with profiled(args.profile == "pods"):
+        for first in range(0, args.jobs, wave):
+            for name in names[first:first + wave]:
+                loop._put("pods", plain_pod(name), "ADDED")
+            one_pass(pod_cpu)
+            pod_passes += 1
+        while pod_passes < 70 and not all(((pods.get(NS, n) or {}).get("spec") or {}).get("nodeName")
+                                          for n in names):
+            one_pass(pod_cpu)
+            pod_passes += 1
     print(json.dumps({
         "benchmark": "one operator pass with the API taken out",
         "nodes": args.nodes, "jobs": args.jobs,
         "burst": {"passes": passes, "cpu_seconds": round(sum(burst.values()), 3),
                   "by_loop": {k: round(v, 3) for k, v in burst.items()}, "writes": dict(loop.writes)},
+        "plain_pods": {"passes": pod_passes, "cpu_seconds": round(sum(pod_cpu.values()), 3),
+                       "by_loop": {k: round(v, 3) for k, v in pod_cpu.items()}},
         "member_failure": {"passes": failure_passes, "cpu_seconds": round(sum(failure.values()), 3),
                            "by_loop": {k: round(v, 3) for k, v in failure.items()}},
         "idle_pass_ms": {"median": round(1000 * statistics.median(sum(s.values()) for s in idle), 2),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -30,6 +30,7 @@ from wanka.cluster.consumers import (
     QUEUE_LABEL,
     RESERVATION_ANNOTATIONS,
     VISIBLE_ANNOTATION,
+    PassMemo,
     Shape,
     Unit,
     batch_ledger,
@@ -37,6 +38,7 @@ from wanka.cluster.consumers import (
     by_index,
     collect_units,
     encode_placement,
+    fingerprint,
     free_slots,
     live,
     problem,
@@ -1465,3 +1467,33 @@ def test_an_init_container_of_a_slice_pod_must_be_pinned_too() -> None:
         "initContainers", [{"name": "warmup", "image": "nvidia/cuda"}]).obj()
     why = problem(the_unit([pod]), POOLS, QUEUES, {})
     assert why is not None and why[0] == "NotPinnable" and "warmup" in why[1]
+
+
+def test_a_fingerprint_follows_every_object_version_of_a_unit() -> None:
+    pods = [group_pod("g-0").obj(), group_pod("g-1").obj()]
+    unit = the_unit(pods)
+    assert fingerprint(unit) == (("g-0", "10"), ("g-1", "10"))
+    pods[1] = {**pods[1], "metadata": {**pods[1]["metadata"], "resourceVersion": "11"}}
+    assert fingerprint(the_unit(pods)) != fingerprint(unit)
+    pods[1] = {**pods[1], "metadata": {**pods[1]["metadata"], "resourceVersion": ""}}
+    assert fingerprint(the_unit(pods)) is None  # nothing to key on: read every time
+
+
+def test_a_pass_memo_keeps_what_the_last_pass_asked_for_and_no_more() -> None:
+    memo = PassMemo()
+    calls: list[str] = []
+
+    def make(value: str) -> Callable[[], str]:
+        return lambda: calls.append(value) or value
+
+    assert memo.get("a", make("a")) == "a" and memo.get("a", make("x")) == "a"
+    memo.turn()
+    assert memo.get("a", make("x")) == "a"  # asked for again in the next pass: kept
+    memo.turn()
+    memo.turn()  # a pass that did not ask for it: dropped
+    assert memo.get("a", make("b")) == "b"
+    assert memo.get(None, make("c")) == "c" and memo.get(None, make("d")) == "d"  # never kept
+    with pytest.raises(InvalidRequest):
+        memo.get("bad", lambda: (_ for _ in ()).throw(InvalidRequest("no")))
+    assert memo.get("bad", make("ok")) == "ok"  # an error is not kept
+    assert calls == ["a", "b", "c", "d", "ok"]

@@ -374,6 +374,13 @@ def job_request(job: Job, pool: GPUPoolSpec, resuming: bool, placed: bool = Fals
     )
 
 
+def _gpus_per_member(unit: consumers.Unit, pool: GPUPoolSpec) -> float:
+    """The core's GPU-equivalents per member of a unit, as for a TrainingJob (wanka.units)."""
+    shape = consumers.shape_of(unit.template, pool)
+    return GangRequest(unit.key, gpus=shape.gpus, gpu_milli=shape.milli,
+                       mig_profile=shape.mig_profile).milli_per_replica / WHOLE
+
+
 def reservations(job: Job) -> list[Allocation]:
     """The ledger entries an admitted job's status holds."""
     if job.status.phase not in ACTIVE or job.spec is None:
@@ -423,6 +430,8 @@ class JobReconciler:
     _units: UnitWriter | None = None
     # Per pool: the node and pod translations of its last snapshot (translate.SnapshotMemo).
     _memos: dict[str, SnapshotMemo] = field(default_factory=dict)
+    # What units' unchanged objects give, from one pass to the next (consumers.PassMemo).
+    _unit_memo: consumers.PassMemo = field(default_factory=consumers.PassMemo)
 
     @property
     def units(self) -> UnitWriter:
@@ -612,6 +621,7 @@ class JobReconciler:
             held = [j for js in pending.values() for j in js if j.stored is not None]
             side_by_side(lambda j: self._write(j, j.status), held)
         self._queue_statuses(jobs, queues, pools, units)
+        self._unit_memo.turn()
         # What this pass leaves, to tell the next one whether anything happened in between.
         after = self.cache.changes(*INPUTS)
         for pool_name in set(pending) | set(unit_pending):
@@ -756,8 +766,6 @@ class JobReconciler:
         namespaces = self.cache.store("namespaces")
 
         def one(unit: consumers.Unit) -> tuple[consumers.Unit, GangRequest] | None:
-            if unit.batch is None and not unit.free_pods and not unit.reserved_pods:
-                return None  # every member bound (or stopping): nothing to do, at any scale
             try:
                 ns_labels = (namespaces.get("", unit.namespace) or {}).get("metadata", {}).get("labels") or {}
                 why = consumers.problem(unit, pools, specs, ns_labels)
@@ -788,7 +796,10 @@ class JobReconciler:
                 self._isolate_unit(unit, exc)
                 return None
 
-        return [o for o in side_by_side(one, list(units.values())) if o is not None]
+        # A unit whose members are all bound (or stopping) has nothing to do: not even a
+        # thread's turn, at any scale.
+        pending = [u for u in units.values() if u.batch is not None or u.free_pods or u.reserved_pods]
+        return [o for o in side_by_side(one, pending) if o is not None]
 
     def _isolate_unit(self, unit: consumers.Unit, exc: Exception) -> None:
         if isinstance(exc, Conflict):
@@ -814,8 +825,11 @@ class JobReconciler:
                 continue
             if not unit.held:
                 continue
+            key = consumers.fingerprint(unit)
             try:
-                out.append(consumers.running_request(unit, pool, unit.held))
+                out.append(self._unit_memo.get(
+                    None if key is None else ("running", unit.key, key, unit.held, pool.accelerator.resource_name),
+                    partial(consumers.running_request, unit, pool, unit.held)))
             except Exception as exc:  # it still holds its devices; it only cannot be a victim
                 log.warning("%s is not a preemption candidate: %s", unit.key, exc)
         return out
@@ -1170,11 +1184,11 @@ class JobReconciler:
             if pool is None or not unit.queue:
                 continue
             try:
-                # The core's GPU-equivalents per member, as for a TrainingJob (wanka.units); the
-                # shape alone, as this runs for every unit on every pass.
-                shape = consumers.shape_of(unit.template, pool)
-                per = GangRequest(unit.key, gpus=shape.gpus, gpu_milli=shape.milli,
-                                  mig_profile=shape.mig_profile).milli_per_replica / WHOLE
+                # Read once per version of the unit's objects: this runs for every unit on every pass.
+                key = consumers.fingerprint(unit)
+                per = self._unit_memo.get(
+                    None if key is None else ("per", unit.key, key, pool.accelerator.resource_name),
+                    partial(_gpus_per_member, unit, pool))
             except InvalidRequest:
                 continue
             mine_u = unit_usage.setdefault(unit.queue, {})
