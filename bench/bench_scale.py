@@ -303,10 +303,14 @@ class Wanka:
         return self.jobs.last_first(names) - start
 
     def remove(self, names: list[str]) -> None:
+        start = time.monotonic()
         parallel(lambda n: request_json(self.api, "DELETE", f"{self.jobs_path}/{n}"), names)
         gone = set(names)
         self.jobs.wait(lambda: not gone & self.jobs.now.keys(), 300, "jobs deleted")
+        jobs_gone = time.monotonic() - start
         self.pods.wait(lambda: not self.pods.now, 300, "pods deleted")
+        log(f"{len(names)} job(s) deleted: jobs gone after {jobs_gone:.1f}s, "
+            f"pods after {time.monotonic() - start:.1f}s")
 
     def gang(self, name: str, replicas: int) -> float:
         start = self.create([training_job(name, replicas, 8)])

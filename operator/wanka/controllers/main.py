@@ -39,7 +39,7 @@ RESYNC_SECONDS = 300.0
 # a third to a half of the operator's CPU in `bench/bench_pass.py` (17 full collections of
 # about 150 ms each, one of them in the way of any placement). The cache's objects are plain
 # JSON trees, freed by reference counting; the cyclic collector only has to run now and then.
-GC_THRESHOLDS = (50_000, 20, 100)
+GC_THRESHOLDS = (50_000, 20, 10)
 
 
 def tune_gc() -> None:
