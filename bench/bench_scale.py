@@ -82,6 +82,7 @@ class Watch:
         self.api, self.path, self.pred = api, path, pred
         self.first: dict[str, float] = {}  # name -> monotonic time it first satisfied pred
         self.now: dict[str, bool] = {}  # name -> satisfies pred now (present objects only)
+        self.lost: set[str] = set()  # names that satisfied pred, then stopped to
         self.cond = threading.Condition()
         self.stopped = False
         listed = request_json(api, "GET", path, query=[("limit", "1")])
@@ -97,6 +98,8 @@ class Watch:
                 self.now.pop(name, None)
             else:
                 ok = bool(self.pred(obj))
+                if self.now.get(name) and not ok:
+                    self.lost.add(name)
                 self.now[name] = ok
                 if ok and name not in self.first:
                     self.first[name] = time.monotonic()
@@ -315,6 +318,11 @@ class Wanka:
     def gang(self, name: str, replicas: int) -> float:
         start = self.create([training_job(name, replicas, 8)])
         took = self.all_running([name], start, 300, f"gang {name}")
+        st = request_json(self.api, "GET", f"{self.jobs_path}/{name}").get("status") or {}
+        if st.get("restarts"):  # a slow figure's cause, in the log
+            why = "; ".join(f"{c.get('type')}={c.get('reason')}: {c.get('message')}"
+                            for c in st.get("conditions") or [])
+            log(f"gang {name} restarted {st['restarts']} time(s) before it ran: {why}")
         self.remove([name])
         return took
 
@@ -400,6 +408,9 @@ def one_run(args: argparse.Namespace, bins: Path, index: int) -> dict[str, Any]:
             log(f"run {index}: creating {args.nodes} nodes")
             out["nodes_schedulable_seconds"] = make_nodes(api, args.nodes)
             log(f"run {index}: nodes schedulable after {out['nodes_schedulable_seconds']:.1f}s")
+            # A node that stops being schedulable later (its simulated kubelet fell behind on a
+            # busy machine) makes any figure after it slow: counted, so a run says so.
+            fleet = Watch(api, "/api/v1/nodes", schedulable)
             meter = CpuMeter(cluster)
             if not args.skip_peer:
                 out.update(peer(api, cluster, bins, tmp, args.jobs, meter))
@@ -466,6 +477,11 @@ def one_run(args: argparse.Namespace, bins: Path, index: int) -> dict[str, Any]:
                 f"peak RSS {out['operator_peak_rss_mib']:.0f} MiB")
             w.jobs.stop()
             w.pods.stop()
+            fleet.stop()
+            out["nodes_lost"] = len(fleet.lost)
+            if fleet.lost:
+                log(f"run {index}: {len(fleet.lost)} node(s) stopped being schedulable during the run: "
+                    f"{', '.join(sorted(fleet.lost)[:10])}")
         finally:
             if operator is not None:
                 operator.stop()
