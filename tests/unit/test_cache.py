@@ -7,7 +7,7 @@ import copy
 import time
 from typing import Any
 
-from tests.objects import make_training_job
+from tests.objects import make_node, make_pod, make_training_job
 from wanka.cluster.cache import ASSUME_SECONDS, FleetCache
 from wanka.cluster.jobs import JobReconciler
 
@@ -141,3 +141,47 @@ def test_the_cache_keeps_no_managed_fields_or_last_applied_copies() -> None:
     assert body == original, "the watched body itself is left alone"
     cache.replace("nodes", [{**original, "metadata": {**original["metadata"], "resourceVersion": "4"}}])
     assert "managedFields" not in cache.store("nodes").get("", "n")["metadata"]
+
+
+class LandsMidPass:
+    """A StatusWriter through which a watch event lands while a pass is still running (after it
+    read the stores): once armed, the next queue status it writes lets `body` arrive."""
+
+    def __init__(self, cache: FleetCache) -> None:
+        self.cache = cache
+        self.body: dict[str, Any] = {}
+
+    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        if self.body:
+            self.cache.observe("trainingjobs", "ADDED", self.body)
+            self.body = {}
+        return True
+
+
+def test_an_event_that_lands_during_a_quiet_pass_is_acted_on_by_the_next_pass() -> None:
+    # A pass that leaves every job settled lets the next ones skip until something changes. A
+    # job created while such a pass was finishing must not count as seen: it would wait for
+    # the skip to expire (up to a minute) before it is even queued.
+    cache = FleetCache()
+    cache.observe("nodes", "ADDED", make_node("n1").obj())
+    cache.observe("trainingjobs", "ADDED", make_training_job("a").running(("n1", [0, 1, 2, 3, 4, 5, 6, 7])).obj())
+    cache.observe("pods", "ADDED", make_pod("a", 0).on("n1").running().obj())
+    queue = {"apiVersion": "wanka.io/v1alpha1", "kind": "TenantQueue",
+             "metadata": {"name": "q", "resourceVersion": "1", "generation": 1},
+             "spec": {"namespaces": ["ns"], "quotas": [{"pool": "p", "gpus": 8}]}}
+    cache.observe("tenantqueues", "ADDED", queue)
+    io, writer = VersionedIO(), LandsMidPass(cache)
+    loop = JobReconciler(cache, io, Events(), clock=lambda: 5000.0, status_writer=writer)  # type: ignore[arg-type]
+    for _ in range(3):
+        loop.reconcile_all()
+    assert loop._idle is not None, "the running job is settled: the loop rests"
+    # The queue changes (its status is written again), and during that pass a job arrives.
+    queue["metadata"] = {**queue["metadata"], "resourceVersion": "2", "generation": 2}
+    cache.observe("tenantqueues", "MODIFIED", queue)
+    writer.body = make_training_job("late").obj()
+    loop.reconcile_all()
+    assert cache.store("trainingjobs").get("ns", "late") is not None  # it landed during that pass
+    before = len(io.patches)
+    loop.reconcile_all()
+    # The next pass steps it: Queued, with the cycle's verdict (its pool does not exist).
+    assert [p["phase"] for p in io.patches[before:]] == ["Queued"]

@@ -551,6 +551,10 @@ class JobReconciler:
         if self._idle is not None and self._idle[0] == self.cache.changes(*INPUTS) and now < self._idle[1]:
             return
         self._idle = None
+        # What this pass is about to read. Taken before reading, never after: a watch event that
+        # lands while the pass runs must count as unseen, or a pass that left every job settled
+        # would let the next ones skip that event (a new job) for up to QUIET_SECONDS.
+        seen = self.cache.changes(*INPUTS)
         jobs = self._jobs()
         pools = self._pools()
         queues = self._queues()
@@ -622,17 +626,17 @@ class JobReconciler:
             side_by_side(lambda j: self._write(j, j.status), held)
         self._queue_statuses(jobs, queues, pools, units)
         self._unit_memo.turn()
-        # What this pass leaves, to tell the next one whether anything happened in between.
-        after = self.cache.changes(*INPUTS)
+        # What this pass saw, to tell the next one whether anything happened since (this pass's
+        # own writes included: the next pass looks once more, and then rests).
         for pool_name in set(pending) | set(unit_pending):
             if pool_name not in self._cycles:
                 offered = frozenset([j.key for j in pending.get(pool_name, [])]
                                     + [r.owner for _, r in unit_pending.get(pool_name, [])])
-                self._cycles[pool_name] = (after, offered, now + CYCLE_SECONDS)
+                self._cycles[pool_name] = (seen, offered, now + CYCLE_SECONDS)
             else:
-                self._cycles[pool_name] = (after, *self._cycles[pool_name][1:])
+                self._cycles[pool_name] = (seen, *self._cycles[pool_name][1:])
         if not pending and not unit_pending and len(self._quiet) == len(jobs):
-            self._idle = (after, min((until for _, until in self._quiet.values()), default=now + QUIET_SECONDS))
+            self._idle = (seen, min((until for _, until in self._quiet.values()), default=now + QUIET_SECONDS))
 
     def _carry_out(self, job: Job, plan: lifecycle.Plan, pools: Mapping[str, GPUPoolSpec],
                    nodes: Mapping[str, Mapping[str, Any]], now: float) -> tuple[bool, bool]:
