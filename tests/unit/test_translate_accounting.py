@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from wanka.api.gpupool import GPUPoolSpec
-from wanka.cluster.translate import SnapshotMemo, build_pool_snapshot, parse_devices, pod_requests
+from wanka.cluster.translate import PassMemo, build_pool_snapshot, parse_devices, pod_requests
 from wanka.core.accounting import summarize
 from wanka.core.snapshot import DeviceShare
 
@@ -125,7 +125,7 @@ def shape(view: Any) -> tuple[Any, ...]:
 
 
 def test_a_memo_gives_the_snapshot_a_fresh_build_gives_as_objects_change() -> None:
-    memo = SnapshotMemo()
+    memo = PassMemo()
     nodes = [node("a"), node("b")]
     pods = [pod("x", "a", 3), pod("y", "b", 0, labels={"wanka.io/job": "j"}, annotations={"wanka.io/devices": "1"})]
 
@@ -152,7 +152,7 @@ def test_a_memo_gives_the_snapshot_a_fresh_build_gives_as_objects_change() -> No
 
 
 def test_a_memo_never_serves_a_node_built_for_another_pool_spec() -> None:
-    memo = SnapshotMemo()
+    memo = PassMemo()
     nodes = [node("a", gpus=8)]
     build_pool_snapshot(SPEC, nodes, [], memo=memo)
     other = GPUPoolSpec.model_validate({**SPEC.model_dump(by_alias=True, exclude_none=True),

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
@@ -417,7 +417,7 @@ def request(unit: Unit, pool: GPUPoolSpec, owner: str, replicas: int) -> GangReq
 
 def fingerprint(unit: Unit) -> tuple[tuple[str, str], ...] | None:
     """The versions of every object a unit's requests are read from (its pods, its Job), or
-    None when one has no version: what a `PassMemo` may key a unit's derived values on."""
+    None when one has no version: what a `translate.PassMemo` may key a unit's derived values on."""
     out = []
     for obj in [*unit.pods, *unit.stopping, *([unit.batch] if unit.batch is not None else [])]:
         meta = obj.get("metadata") or {}
@@ -425,34 +425,6 @@ def fingerprint(unit: Unit) -> tuple[tuple[str, str], ...] | None:
             return None
         out.append((str(meta.get("name")), str(meta["resourceVersion"])))
     return tuple(out)
-
-
-_MISS = object()
-
-
-class PassMemo:
-    """Values by key, kept while the last pass or this one asked for them: a unit whose objects
-    did not change (see `fingerprint`) is not read again on every pass. A None key is never
-    kept; an exception is never kept either (the next call raises it again)."""
-
-    def __init__(self) -> None:
-        self._last: dict[Any, Any] = {}
-        self._now: dict[Any, Any] = {}
-
-    def get(self, key: Any, make: Callable[[], T]) -> T:
-        if key is None:
-            return make()
-        hit = self._now.get(key, _MISS)
-        if hit is _MISS:
-            hit = self._last.get(key, _MISS)
-        if hit is _MISS:
-            hit = make()
-        self._now[key] = hit
-        return hit  # type: ignore[no-any-return]
-
-    def turn(self) -> None:
-        """A pass ended: what it did not ask for is dropped."""
-        self._last, self._now = self._now, {}
 
 
 def running_request(unit: Unit, pool: GPUPoolSpec, held: int) -> GangRequest:

@@ -67,7 +67,7 @@ from wanka.cluster.translate import (
     JOB_LABEL,
     REPLICA_LABEL,
     UNHEALTHY_TAINT,
-    SnapshotMemo,
+    PassMemo,
     build_pool_snapshot,
     has_taint,
     node_ready,
@@ -428,10 +428,10 @@ class JobReconciler:
     # After a pass that left every job settled: (store changes, until when to trust it).
     _idle: tuple[tuple[int, ...], float] | None = None
     _units: UnitWriter | None = None
-    # Per pool: the node and pod translations of its last snapshot (translate.SnapshotMemo).
-    _memos: dict[str, SnapshotMemo] = field(default_factory=dict)
-    # What units' unchanged objects give, from one pass to the next (consumers.PassMemo).
-    _unit_memo: consumers.PassMemo = field(default_factory=consumers.PassMemo)
+    # Per pool: the node and pod translations of its last snapshot (translate.PassMemo).
+    _memos: dict[str, PassMemo] = field(default_factory=dict)
+    # What units' unchanged objects give, from one pass to the next (translate.PassMemo).
+    _unit_memo: PassMemo = field(default_factory=PassMemo)
 
     @property
     def units(self) -> UnitWriter:
@@ -968,7 +968,7 @@ class JobReconciler:
         # A node several pools select is in none of them: the same rule as pool status.
         view = build_pool_snapshot(pool, node_objs, self.cache.store("pods").values(), ledger,
                                    pool_membership(self._pools(), node_objs).nodes_of(pool_name),
-                                   self._memos.setdefault(pool_name, SnapshotMemo()))
+                                   self._memos.setdefault(pool_name, PassMemo()))
         running = []
         for j in active:
             try:

@@ -25,7 +25,7 @@ from wanka.cluster.cache import FleetCache
 from wanka.cluster.fence import NotLeader
 from wanka.cluster.ledger import raw_ledger
 from wanka.cluster.mig import read_geometry
-from wanka.cluster.translate import Membership, SnapshotMemo, build_pool_snapshot, pod_requests, pool_membership
+from wanka.cluster.translate import Membership, PassMemo, build_pool_snapshot, pod_requests, pool_membership
 from wanka.cluster.writer import Recorder
 from wanka.core.accounting import PoolSummary, summarize
 from wanka.core.fragmentation import Shape, snapshot_stranded
@@ -172,8 +172,8 @@ class PoolReconciler:
     _shapes: dict[tuple[str, int, str], Shape | None] = field(default_factory=dict)
     # Each job's ledger entries, read again only when the job changes: uid -> (version, entries).
     _ledger: dict[str, tuple[str, list[Allocation]]] = field(default_factory=dict)
-    # Per pool: the node and pod translations of its last snapshot (translate.SnapshotMemo).
-    _memos: dict[str, SnapshotMemo] = field(default_factory=dict)
+    # Per pool: the node and pod translations of its last snapshot (translate.PassMemo).
+    _memos: dict[str, PassMemo] = field(default_factory=dict)
     _token: Any = None
     _resync_at: float = 0.0
 
@@ -243,7 +243,7 @@ class PoolReconciler:
         if membership is None:
             membership = pool_membership({name: spec}, nodes)
         view = build_pool_snapshot(spec, nodes, pods, ledger, membership.nodes_of(name),
-                                   self._memos.setdefault(name, SnapshotMemo()))
+                                   self._memos.setdefault(name, PassMemo()))
         overlap = overlap_message(*membership.overlaps(name))
         shapes = pool_shapes(self.cache.store("trainingjobs").values(), name, spec,
                              lambda job: self._shape(job, spec.accelerator.resource_name))

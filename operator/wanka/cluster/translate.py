@@ -329,26 +329,43 @@ class PoolView:
     conflicts: list[str] = field(default_factory=list)
 
 
-class SnapshotMemo:
-    """What one pool's last snapshot built from each node and pod object, reused while the
-    cache hands out the very same object (the cache never changes an object in place: a
-    change is a new object). A pass over 1,250 nodes and 2,000 pods of which one changed
-    translates that one. Keeps only what the last build saw, so it never outgrows the cache.
-    Not thread-safe: one per pool per loop."""
+_MISS = object()
+
+
+class PassMemo:
+    """Values by key, kept while the last pass (or build) or this one asked for them: what did
+    not change is not computed again on every pass, and what nobody asks for any more is
+    dropped at the next `turn`, so the memo never outgrows what a pass reads. A None key is
+    never kept; an exception is never kept either (the next call raises it again). Not
+    thread-safe: one per loop (and pool)."""
 
     def __init__(self) -> None:
-        self._last: dict[int, tuple[Any, Any, Any]] = {}
-        self._now: dict[int, tuple[Any, Any, Any]] = {}
+        self._last: dict[Any, Any] = {}
+        self._now: dict[Any, Any] = {}
 
-    def get(self, obj: Mapping[str, Any], extra: Any, make: Callable[[], T]) -> T:
-        hit = self._last.get(id(obj))
-        if hit is None or hit[0] is not obj or hit[1] != extra:
-            hit = (obj, extra, make())
-        self._now[id(obj)] = hit
-        return hit[2]
+    def get(self, key: Any, make: Callable[[], T]) -> T:
+        if key is None:
+            return make()
+        hit = self._now.get(key, _MISS)
+        if hit is _MISS:
+            hit = self._last.get(key, _MISS)
+        if hit is _MISS:
+            hit = make()
+        self._now[key] = hit
+        return hit  # type: ignore[no-any-return]
+
+    def of(self, obj: Mapping[str, Any], extra: Any, make: Callable[[], T]) -> T:
+        """`make()` for the very object `obj` (the cache never edits an object: a change is a
+        new object). The entry holds `obj`, so its id is never reused while the entry lives."""
+        key = (id(obj), extra)  # (get's path, inlined: this runs for every node and pod of a pass)
+        hit = self._now.get(key) or self._last.get(key)
+        if hit is None:
+            hit = (obj, make())
+        self._now[key] = hit
+        return hit[1]
 
     def turn(self) -> None:
-        """A build ended: what it did not see is dropped."""
+        """A pass ended: what it did not ask for is dropped."""
         self._last, self._now = self._now, {}
 
 
@@ -371,7 +388,7 @@ def build_pool_snapshot(
     pods: Iterable[Mapping[str, Any]],
     reservations: Iterable[Allocation] = (),
     members: Collection[str] | None = None,
-    memo: SnapshotMemo | None = None,
+    memo: PassMemo | None = None,
 ) -> PoolView:
     """The snapshot of the pool's nodes, with the ledger's reservations and every bound pod
     on them applied. `members`: the nodes the pool owns (see `pool_membership`); None for a
@@ -394,7 +411,7 @@ def build_pool_snapshot(
         # Everything of the spec that build_node reads, so a changed pool never reuses a node.
         node_key = (spec.accelerator.model_dump_json(), spec.sharing.mode,
                     spec.health.model_dump_json(include={"unhealthy_conditions"}), levels)
-        selected = [_fresh(memo.get(n, node_key, lambda n=n: build_node(n, spec, levels)))  # type: ignore[misc]
+        selected = [_fresh(memo.of(n, node_key, lambda n=n: build_node(n, spec, levels)))  # type: ignore[misc]
                     for n in chosen]
     snap = Snapshot(selected, levels=levels)
     view = PoolView(snap)
@@ -405,7 +422,7 @@ def build_pool_snapshot(
             node = pod_node(pod)
             alloc = pod_allocation(pod, resource) if node in snap.nodes else None
         else:
-            node, alloc = memo.get(pod, resource, lambda pod=pod: (  # type: ignore[misc]
+            node, alloc = memo.of(pod, resource, lambda pod=pod: (  # type: ignore[misc]
                 pod_node(pod), pod_allocation(pod, resource)))
         if node not in snap.nodes:
             continue
