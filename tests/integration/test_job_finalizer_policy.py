@@ -10,12 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.integration.conftest import Cluster, OperatorProcess, wait_for
 from tests.integration.jobkit import make_fleet, make_job, wait_running
-from wanka.cluster.devenv import apply_manifests, render_chart
+from wanka.cluster.devenv import apply_manifests, delete_manifests, render_chart
 
 pytestmark = pytest.mark.integration
 
@@ -28,19 +27,11 @@ def policy(cluster: Cluster) -> Iterator[None]:
     docs = render_chart(f"jf{uuid.uuid4().hex[:5]}", "default", "--api-versions", MAP_API,
                         "--show-only", "templates/jobfinalizer.yaml")
     assert {d["kind"] for d in docs} == {"MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"}
-    admission = client.AdmissionregistrationV1beta1Api(cluster.api)
     try:
         apply_manifests(cluster.api, docs, "default")
         yield
     finally:
-        for doc in docs:
-            delete = (admission.delete_mutating_admission_policy if doc["kind"] == "MutatingAdmissionPolicy"
-                      else admission.delete_mutating_admission_policy_binding)
-            try:
-                delete(doc["metadata"]["name"])
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+        delete_manifests(cluster.api, docs)
 
 
 def sentinel(cluster: Cluster, namespace: str, finalizers: list[str] | None = None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from tests.integration.conftest import Cluster, wait_for
-from wanka.cluster.devenv import apply_manifests, render_chart
+from wanka.cluster.devenv import apply_manifests, delete_manifests, render_chart
 from wanka.cluster.localcluster import kubeconfig_dict
 
 pytestmark = pytest.mark.integration
@@ -99,24 +99,6 @@ class Release:
     operator: client.CoreV1Api  # under the chart's own ServiceAccount and ClusterRole
 
 
-def _delete(cluster: Cluster, docs: list[dict[str, Any]]) -> None:
-    beta = client.AdmissionregistrationV1beta1Api(cluster.api)
-    v1 = client.AdmissionregistrationV1Api(cluster.api)
-    rbac = client.RbacAuthorizationV1Api(cluster.api)
-    deleters = {"MutatingAdmissionPolicy": beta.delete_mutating_admission_policy,
-                "MutatingAdmissionPolicyBinding": beta.delete_mutating_admission_policy_binding,
-                "ValidatingAdmissionPolicy": v1.delete_validating_admission_policy,
-                "ValidatingAdmissionPolicyBinding": v1.delete_validating_admission_policy_binding,
-                "ClusterRole": rbac.delete_cluster_role, "ClusterRoleBinding": rbac.delete_cluster_role_binding}
-    for doc in docs:
-        if doc["kind"] in deleters:
-            try:
-                deleters[doc["kind"]](doc["metadata"]["name"])
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-
-
 @pytest.fixture(scope="module")
 def release(cluster: Cluster) -> Iterator[Release]:
     """The chart's plain-pod policies and the operator's account, as `helm install` makes them on
@@ -141,7 +123,7 @@ def release(cluster: Cluster) -> Iterator[Release]:
         wait_for(lambda: authorized(operator, ns), 20, what="the operator's ClusterRole in force")
         yield Release(ns, operator)
     finally:
-        _delete(cluster, docs)
+        delete_manifests(cluster.api, docs)
         cluster.core.delete_namespace(ns)
 
 

@@ -186,6 +186,26 @@ def apply_manifests(api: client.ApiClient, docs: list[dict[str, Any]], namespace
                 raise
 
 
+def delete_manifests(api: client.ApiClient, docs: list[dict[str, Any]]) -> None:
+    """Delete the cluster-wide objects among `docs` that `apply_manifests` made (admission
+    policies and their bindings, ClusterRoles and their bindings); gone already is fine."""
+    beta = client.AdmissionregistrationV1beta1Api(api)
+    v1 = client.AdmissionregistrationV1Api(api)
+    rbac = client.RbacAuthorizationV1Api(api)
+    deleters = {"MutatingAdmissionPolicy": beta.delete_mutating_admission_policy,
+                "MutatingAdmissionPolicyBinding": beta.delete_mutating_admission_policy_binding,
+                "ValidatingAdmissionPolicy": v1.delete_validating_admission_policy,
+                "ValidatingAdmissionPolicyBinding": v1.delete_validating_admission_policy_binding,
+                "ClusterRole": rbac.delete_cluster_role, "ClusterRoleBinding": rbac.delete_cluster_role_binding}
+    for doc in docs:
+        if doc["kind"] in deleters:
+            try:
+                deleters[doc["kind"]](doc["metadata"]["name"])
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+
 def operator_deployment(docs: list[dict[str, Any]]) -> tuple[list[str], str]:
     """The operator container's arguments and ServiceAccount from rendered manifests."""
     for doc in docs:
