@@ -58,7 +58,7 @@ def _name(pod: Mapping[str, Any]) -> str:
     return str(pod["metadata"]["name"])
 
 
-def pinned(alloc: Allocation) -> bool:
+def needs_reservation(alloc: Allocation) -> bool:
     """Whether a member's allocation must be written on its pod before the binding: a slice
     or MIG instance is pinned to its device through the pod's annotations (whole devices are
     the device plugin's to pick)."""
@@ -163,7 +163,7 @@ class UnitWriter:
         free = sorted(unit.free_pods, key=_name)
         if len(free) != len(allocs):
             raise Conflict(f"{unit.key}: {len(free)} members to place, {len(allocs)} placed")
-        if unit.kind == "Pod" and not pinned(allocs[0]) and not annotations_of(free[0]).get(NODE_ANNOTATION):
+        if unit.kind == "Pod" and not needs_reservation(allocs[0]):
             # A lone pod on whole devices: the binding is its whole ledger (one atomic write,
             # as kube-scheduler's), and the device plugin picks its devices. Bound, it holds
             # them in every snapshot as whole devices of no known index.
