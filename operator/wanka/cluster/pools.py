@@ -175,6 +175,7 @@ class PoolReconciler:
     # Per pool: the node and pod translations of its last snapshot (translate.PassMemo).
     _memos: dict[str, PassMemo] = field(default_factory=dict)
     _token: Any = None
+    _counted_at: float = 0.0  # when the last status pass ran
     _resync_at: float = 0.0
 
     def reconcile_all(self) -> None:
@@ -185,13 +186,12 @@ class PoolReconciler:
         now = time.monotonic()
         if token == self._token and now < self._resync_at:
             return
-        if (self._token is not None and fleet == self._token[0]
-                and now < self._resync_at - RESYNC_SECONDS + LOAD_REFRESH_SECONDS):
+        if self._token is not None and fleet == self._token[0] and now < self._counted_at + LOAD_REFRESH_SECONDS:
             # Only pods and jobs changed, and the status is younger than LOAD_REFRESH_SECONDS:
             # a burst of placements is counted once it settles (the fleet loop comes back every
             # second), not on every pass in the way of the next placement.
             return
-        self._token, self._resync_at = token, now + RESYNC_SECONDS
+        self._token, self._counted_at, self._resync_at = token, now, now + RESYNC_SECONDS
         nodes = self.cache.store("nodes").values()
         pods = self.cache.store("pods").values()
         ledger = self._ledger_by_pool()
