@@ -6,7 +6,10 @@ Each run starts a fresh local control plane and measures, in order:
    one is Ready with no not-ready taint (the controller-manager's work, what any scheduler waits for).
 2. `peer_all_running_seconds`: kube-scheduler, built from the same Kubernetes release
    (`hack/build-binaries.sh --scheduler`), client QPS 5,000: P plain 1-GPU pods created at once,
-   seconds until every one is Running. Then they are deleted and kube-scheduler stops.
+   seconds until every one is Running. Then they are deleted. `peer_jobs_all_running_seconds`: the
+   same P trials as batch/v1 Jobs (the controller-manager's Job controller makes each pod,
+   kube-scheduler binds it), created at once -> every Job's status counts its pod ready: what a
+   user runs a trial as without Wanka, a job object beside each pod. Then kube-scheduler stops.
 3. The Wanka operator starts (with the chart's job-finalizer policy, as `helm install` makes it
    on this API server; `--no-finalizer-policy` leaves it out); `pool_ready_seconds`: from the
    GPUPool's creation until its status counts every node healthy (the operator has taken the
@@ -18,13 +21,15 @@ Each run starts a fresh local control plane and measures, in order:
    `ratio_peer_over_wanka_pods` is step 2's time over this one: scheduler against scheduler.
    `wanka_all_running_seconds`: P one-replica 1-GPU TrainingJobs created at once -> all Running
    (a sweep's trials: `checkpoint.resume: Never`, so no progress report; `--small-resume Auto`);
-   `ratio_peer_over_wanka` is step 2's time over this one, within the same run.
+   `ratio_peer_over_wanka` is step 2's pod time over this one, and `ratio_peer_jobs_over_wanka`
+   step 2's Job time over it, within the same run.
 5. With those P jobs running: `member_failure_seconds` (one member of a 4 x 8 gang fails ->
    the whole gang Running again, backoff 0), then `operator_idle_cpu_percent` (of one core, over
    30 s with nothing happening) and `operator_peak_rss_mib` (the operator's high-water mark).
 
 Every figure is reported as the median over the runs, with min, max and each run's value.
-Times are taken from watch streams (not polls), in this process's monotonic clock.
+Times are taken from watch streams (not polls), in this process's monotonic clock. Each burst
+also reports every process's CPU seconds from its first create until it is all Running.
 
     make bench-scale                      # 3 runs at 1,250 nodes and 2,000 jobs (about 15 min)
     .venv/bin/python bench/bench_scale.py --runs 1 --nodes 250 --jobs 400   # a quick look
@@ -166,6 +171,20 @@ def post(api: client.ApiClient, path: str, body: dict[str, Any]) -> None:
             raise
 
 
+def burst(api: client.ApiClient, path: str, bodies: list[dict[str, Any]], up: Watch, meter: CpuMeter,
+          prefix: str, what: str) -> dict[str, float]:
+    """Create `bodies` at once; when the last of them satisfies `up`'s predicate. The CPU of
+    every process is metered from the first create to then, never over a deletion."""
+    names = [b["metadata"]["name"] for b in bodies]
+    before = meter.read()
+    start = time.monotonic()
+    parallel(lambda b: post(api, path, b), bodies)
+    created = time.monotonic() - start
+    up.wait(lambda: up.satisfied(names) == len(names), 900, what)
+    return {**meter.since(before, prefix), f"{prefix}_created_seconds": created,
+            f"{prefix}_all_running_seconds": up.last_first(names) - start, "start": start}
+
+
 def delete_all(api: client.ApiClient, path: str) -> None:
     request_json(api, "DELETE", path, {"gracePeriodSeconds": 0, "propagationPolicy": "Background"})
 
@@ -219,22 +238,45 @@ def peer(api: client.ApiClient, cluster: LocalCluster, bins: Path, tmp: Path, po
         base = f"/api/v1/namespaces/{PEER_NS}/pods"
         bound = Watch(api, base, lambda p: bool((p.get("spec") or {}).get("nodeName")))
         up = Watch(api, base, running)
-        before = meter.read()
-        start = time.monotonic()
-        parallel(lambda n: post(api, base, plain_pod(n)), names)
-        created = time.monotonic() - start
-        up.wait(lambda: up.satisfied(names) == pods, 900, "peer pods Running")
-        out_ = {**meter.since(before, "peer"), "peer_created_seconds": created,
-                "peer_all_bound_seconds": bound.last_first(names) - start,
-                "peer_all_running_seconds": up.last_first(names) - start}
+        out_ = burst(api, base, [plain_pod(n) for n in names], up, meter, "peer", "peer pods Running")
+        out_["peer_all_bound_seconds"] = bound.last_first(names) - out_.pop("start")
         delete_all(api, base)
         up.wait(lambda: not up.now, 300, "peer pods deleted")
         bound.stop()
         up.stop()
+        out_.update(peer_jobs(api, pods, meter))
         return out_
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def batch_job(name: str) -> dict[str, Any]:
+    """One 1-GPU trial as a batch/v1 Job: what a user runs it as without Wanka."""
+    spec = {**plain_pod(name)["spec"], "restartPolicy": "Never"}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "spec": {"backoffLimit": 0, "template": {"spec": spec}}}
+
+
+def peer_jobs(api: client.ApiClient, count: int, meter: CpuMeter) -> dict[str, float]:
+    """Step 2's trials as batch/v1 Jobs: the Job controller creates each one's pod and
+    kube-scheduler binds it. A Job runs once its own status counts its pod ready, as a
+    TrainingJob runs once its status says so: a job object beside each pod, as with Wanka."""
+    base = f"/apis/batch/v1/namespaces/{PEER_NS}/jobs"
+    pods_path = f"/api/v1/namespaces/{PEER_NS}/pods"
+    up = Watch(api, base, lambda j: ((j.get("status") or {}).get("ready") or 0) >= 1)
+    left = Watch(api, pods_path, lambda p: True)
+    out = burst(api, base, [batch_job(f"j-{i}") for i in range(count)], up, meter, "peer_jobs",
+                "peer Jobs running")
+    out.pop("start")
+    # The Jobs go first (their controller would replace a deleted pod of a live Job), then the
+    # pods, which the Job controller lets go once it drops their tracking finalizer.
+    delete_all(api, base)
+    delete_all(api, pods_path)
+    left.wait(lambda: not left.now, 600, "peer Jobs' pods deleted")
+    up.stop()
+    left.stop()
+    return out
 
 
 def plain_pod(name: str, scheduler: str | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:
@@ -248,16 +290,14 @@ def plain_pod(name: str, scheduler: str | None = None, labels: dict[str, str] | 
     return {"metadata": {"name": name, "labels": labels or {}}, "spec": spec}
 
 
-def wanka_pods(api: client.ApiClient, w: Wanka, count: int) -> dict[str, float]:
-    """Step 2's plain pods, bound by Wanka instead: the same API work, scheduler against scheduler."""
-    names = [f"w-{i}" for i in range(count)]
+def wanka_pods(api: client.ApiClient, w: Wanka, count: int, meter: CpuMeter) -> dict[str, float]:
+    """Step 2's plain pods, bound by Wanka instead: the same API work, scheduler against scheduler.
+    The CPU is metered from create to all Running, as step 2's is: their deletion is not in it."""
     up = Watch(api, w.pods_path, running)
-    start = time.monotonic()
-    parallel(lambda n: post(api, w.pods_path, plain_pod(
-        n, "wanka", {"wanka.io/queue": NS, "wanka.io/pool": POOL})), names)
-    created = time.monotonic() - start
-    up.wait(lambda: up.satisfied(names) == count, 900, "Wanka's plain pods Running")
-    out = {"wanka_pods_created_seconds": created, "wanka_pods_all_running_seconds": up.last_first(names) - start}
+    labels = {"wanka.io/queue": NS, "wanka.io/pool": POOL}
+    out = burst(api, w.pods_path, [plain_pod(f"w-{i}", "wanka", labels) for i in range(count)], up, meter,
+                "wanka_pods", "Wanka's plain pods Running")
+    out.pop("start")
     delete_all(api, w.pods_path)
     up.wait(lambda: not up.now, 300, "Wanka's plain pods deleted")
     up.stop()
@@ -415,7 +455,8 @@ def one_run(args: argparse.Namespace, bins: Path, index: int) -> dict[str, Any]:
             if not args.skip_peer:
                 out.update(peer(api, cluster, bins, tmp, args.jobs, meter))
                 log(f"run {index}: kube-scheduler: {args.jobs} pods Running after "
-                    f"{out['peer_all_running_seconds']:.1f}s")
+                    f"{out['peer_all_running_seconds']:.1f}s; {args.jobs} batch Jobs running after "
+                    f"{out['peer_jobs_all_running_seconds']:.1f}s")
             operator = start_operator(kubeconfig, tmp / "operator.log", timeout=120)
             pid = operator.proc.pid
             meter.pids["operator"] = pid
@@ -447,9 +488,7 @@ def one_run(args: argparse.Namespace, bins: Path, index: int) -> dict[str, Any]:
             out[f"gangs_{gangs}x64_seconds"] = w.all_running(names, start, 600, "concurrent gangs")
             log(f"run {index}: {gangs} 8 x 8 gangs Running after {out[f'gangs_{gangs}x64_seconds']:.1f}s")
             w.remove(names)
-            before = meter.read()
-            out.update(wanka_pods(api, w, args.jobs))
-            out.update(meter.since(before, "wanka_pods"))
+            out.update(wanka_pods(api, w, args.jobs, meter))
             log(f"run {index}: Wanka: {args.jobs} plain pods Running after "
                 f"{out['wanka_pods_all_running_seconds']:.1f}s")
             if "peer_all_running_seconds" in out:
@@ -464,6 +503,8 @@ def one_run(args: argparse.Namespace, bins: Path, index: int) -> dict[str, Any]:
             log(f"run {index}: Wanka: {args.jobs} jobs Running after {out['wanka_all_running_seconds']:.1f}s")
             if "peer_all_running_seconds" in out:
                 out["ratio_peer_over_wanka"] = out["peer_all_running_seconds"] / out["wanka_all_running_seconds"]
+                out["ratio_peer_jobs_over_wanka"] = (out["peer_jobs_all_running_seconds"]
+                                                     / out["wanka_all_running_seconds"])
             tries = member_failure(api, w, 3)
             out["member_failure_seconds"], out["member_failure_max_seconds"] = statistics.median(tries), max(tries)
             log(f"run {index}: member failure -> gang Running in {out['member_failure_seconds']:.2f}s")

@@ -35,15 +35,21 @@ class Conflict(Exception):
     """The object changed since we read it (409) or is gone (404): re-read and decide again."""
 
 
+MERGE = "application/merge-patch+json"
+STRATEGIC = "application/strategic-merge-patch+json"
+JOBS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/trainingjobs/{{name}}"
+
+
 class JobIO:
-    """Creates, binds and deletes what a job owns; patches its status with preconditions."""
+    """Creates, binds and deletes what a job owns; patches its status with preconditions.
+
+    Every call is plain JSON both ways (`request_json`): the generated client builds a model
+    object, and a Configuration for each of them, for every answer it decodes. A deleted pod's
+    answer cost the operator more CPU than the API server spent on the deletion."""
 
     def __init__(self, api: client.ApiClient, fence: Fence | None = None) -> None:
         self.api = api
         self.fence = fence
-        self.core = client.CoreV1Api(api)
-        self.rbac = client.RbacAuthorizationV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
 
     # --- the job itself ------------------------------------------------------------------
     def patch_status(self, ns: str, name: str, version: str | None, status: Mapping[str, Any]) -> str:
@@ -53,8 +59,8 @@ class JobIO:
         if version:
             body["metadata"] = {"resourceVersion": version}
         try:
-            out = self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, ns, "trainingjobs", name, body)
+            out = request_json(self.api, "PATCH", JOBS.format(ns=ns, name=name) + "/status", body,
+                               content_type=MERGE)
         except ApiException as exc:
             if exc.status in (404, 409):
                 raise Conflict(f"{ns}/{name}: {exc.reason}") from exc
@@ -66,12 +72,12 @@ class JobIO:
         check(self.fence, f"set finalizers of {ns}/{name}")
         body = {"metadata": {"finalizers": finalizers, "resourceVersion": version}}
         try:
-            out = self.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "trainingjobs", name, body)
+            out = request_json(self.api, "PATCH", JOBS.format(ns=ns, name=name), body, content_type=MERGE)
         except ApiException as exc:
             if exc.status in (404, 409):
                 raise Conflict(f"{ns}/{name}: {exc.reason}") from exc
             raise
-        return str((out.get("metadata") or {}).get("resourceVersion") or "") or None if isinstance(out, dict) else None
+        return str((out.get("metadata") or {}).get("resourceVersion") or "") or None
 
     # --- what it owns --------------------------------------------------------------------
     def ensure(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -102,7 +108,8 @@ class JobIO:
             request_json(self.api, "POST", f"/api/v1/namespaces/{ns}/bindings", body)
         except ApiException as exc:
             if exc.status == 409:
-                current = self.core.read_namespaced_pod(pod, ns).spec.node_name
+                current = (request_json(self.api, "GET", f"/api/v1/namespaces/{ns}/pods/{pod}")
+                           .get("spec") or {}).get("nodeName")
                 return None if current == node else f"pod {pod} is bound to {current}, not {node}"
             return f"binding {pod} to {node} failed: {exc.status} {exc.reason}"
         return None
@@ -110,7 +117,8 @@ class JobIO:
     def delete_pod(self, ns: str, name: str, grace: int | None = None) -> None:
         check(self.fence, f"delete pod {ns}/{name}")
         try:
-            self.core.delete_namespaced_pod(name, ns, grace_period_seconds=grace)
+            request_json(self.api, "DELETE", f"/api/v1/namespaces/{ns}/pods/{name}",
+                         {} if grace is None else {"gracePeriodSeconds": grace})
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -150,7 +158,7 @@ class JobIO:
 
     def read_configmap(self, ns: str, name: str) -> dict[str, Any] | None:
         try:
-            return dict(self.core.read_namespaced_config_map(name, ns).to_dict())
+            return request_json(self.api, "GET", f"/api/v1/namespaces/{ns}/configmaps/{name}")
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -159,17 +167,18 @@ class JobIO:
     def put_configmap(self, ns: str, name: str, data: Mapping[str, str]) -> None:
         """Create the ConfigMap or merge `data` into it."""
         check(self.fence, f"write ConfigMap {ns}/{name}")
+        path = f"/api/v1/namespaces/{ns}/configmaps"
         try:
-            self.core.patch_namespaced_config_map(name, ns, {"data": dict(data)})
+            request_json(self.api, "PATCH", f"{path}/{name}", {"data": dict(data)}, content_type=STRATEGIC)
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            self.core.create_namespaced_config_map(ns, {"metadata": {"name": name}, "data": dict(data)})
+            request_json(self.api, "POST", path, {"metadata": {"name": name}, "data": dict(data)})
 
     def patch_node(self, name: str, body: Mapping[str, Any]) -> None:
         check(self.fence, f"patch node {name}")
         try:
-            self.core.patch_node(name, dict(body))
+            request_json(self.api, "PATCH", f"/api/v1/nodes/{name}", dict(body), content_type=STRATEGIC)
         except ApiException as exc:
             if exc.status in (404, 409):
                 raise Conflict(f"node {name}: {exc.reason}") from exc
@@ -178,17 +187,9 @@ class JobIO:
     def delete_owned(self, ns: str, job: str, names: Mapping[str, str]) -> None:
         """Delete the Service, progress report and RBAC of a job (404 is fine)."""
         check(self.fence, f"delete what {ns}/{job} owns")
-        calls = {
-            "Service": self.core.delete_namespaced_service,
-            "ServiceAccount": self.core.delete_namespaced_service_account,
-            "TrainingJobProgress": lambda name, ns: self.custom.delete_namespaced_custom_object(
-                GROUP, VERSION, ns, "trainingjobprogresses", name),
-            "Role": self.rbac.delete_namespaced_role,
-            "RoleBinding": self.rbac.delete_namespaced_role_binding,
-        }
         for kind, name in names.items():
             try:
-                calls[kind](name, ns)
+                request_json(self.api, "DELETE", f"{_CREATE[kind].format(ns=ns)}/{name}")
             except ApiException as exc:
                 if exc.status != 404:
                     raise

@@ -37,20 +37,17 @@ class StatusWriter:
     """Merge-patches the status subresource of Wanka's custom objects."""
 
     def __init__(self, api: client.ApiClient, fence: Fence | None = None) -> None:
-        self.custom = client.CustomObjectsApi(api)
+        self.api = api
         self.fence = fence
 
     def patch_status(self, plural: str, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         """Returns False when the object is gone (nothing to report on)."""
         check(self.fence, f"patch status of {plural} {namespace}/{name}")
         body = {"status": dict(status)}
+        where = f"namespaces/{namespace}/" if namespace else ""
         try:
-            if namespace:
-                self.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, namespace, plural, name, body
-                )
-            else:
-                self.custom.patch_cluster_custom_object_status(GROUP, VERSION, plural, name, body)
+            request_json(self.api, "PATCH", f"/apis/{GROUP}/{VERSION}/{where}{plural}/{name}/status", body,
+                         content_type="application/merge-patch+json")
         except ApiException as exc:
             if exc.status == 404:
                 return False
