@@ -511,14 +511,13 @@ class JobReconciler:
                                                    "resourceVersion": version}}
                 self.cache.store("trainingjobs").assume(job.raw)
         by_name = {p["metadata"]["name"]: p for p in job.pods}
-        for delete in plan.delete:
-            self._delete_pod(job, by_name.get(delete.name), delete)
+        # Side by side, as the members were created: a 512-member gang's deletes one after
+        # another took 15 s on the local control plane.
+        gang_writes(lambda delete: self._delete_pod(job, by_name.get(delete.name), delete), plan.delete)
         if plan.release_objects:
-            role = checkpoint_role_name(job.name)
-            self.io.delete_owned(job.ns, job.name, {
-                "Service": job.name, "ServiceAccount": service_account_name(job.name),
-                "TrainingJobProgress": progress_name(job.name), "Role": role, "RoleBinding": role,
-            })
+            owned = self._owned(job)
+            if owned:
+                self.io.delete_owned(job.ns, job.name, owned)
         if plan.finalizer == "remove":
             self.io.set_finalizers(job.ns, job.name, job.version, [f for f in finalizers if f != FINALIZER])
             return
@@ -533,6 +532,20 @@ class JobReconciler:
             pool = pools.get(job.spec.pool)
             if pool is not None:
                 self._materialize(job, pool, plan.create)
+
+    @staticmethod
+    def _owned(job: Job) -> dict[str, str]:
+        """What the job can own besides its pods, by kind: the headless Service of a gang of
+        more than one, the progress report and its RBAC of a job that reports (`_materialize`
+        makes no other). A sweep's one-GPU trial owns none: its deletion asks for nothing more.
+        Owner references collect whatever this misses once the job is gone."""
+        spec = job.spec
+        owned = {"Service": job.name} if spec is None or spec.replicas > 1 else {}
+        if spec is None or reports(spec):
+            role = checkpoint_role_name(job.name)
+            owned |= {"ServiceAccount": service_account_name(job.name),
+                      "TrainingJobProgress": progress_name(job.name), "Role": role, "RoleBinding": role}
+        return owned
 
     def _delete_pod(self, job: Job, pod: Mapping[str, Any] | None, delete: lifecycle.Delete) -> None:
         if pod is None:
