@@ -6,7 +6,12 @@ kind, 16 at a time, and the API server's CPU time over each batch is divided by 
 
 - a ConfigMap, a Pod and an Event created;
 - a TrainingJob created (a custom resource: JSON, its structural schema and CEL rules), then
-  its finalizer merge-patched, then its status merge-patched (what the operator writes per job).
+  its finalizer merge-patched, then its status merge-patched (what the operator writes per job);
+- the same create and status patch under a copy of the TrainingJob CRD with no schema (group
+  `schemaless.wanka.io`, `x-kubernetes-preserve-unknown-fields`): what of a custom resource's
+  cost is its schema's;
+- the same create once more with the chart's job-finalizer policy installed: what the
+  MutatingAdmissionPolicy adds to a create (it saves the finalizer patch).
 
 Prints JSON. The figures include what the API server does for the writes' watchers (the
 controller-manager's), as any real write does.
@@ -26,13 +31,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "operator"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_scale import proc_cpu_seconds  # noqa: E402
+from bench_scale import MAP_API, proc_cpu_seconds  # noqa: E402
 
-from wanka.cluster.devenv import install_crds  # noqa: E402
+from wanka.cluster.devenv import apply_manifests, install_crds, render_chart  # noqa: E402
 from wanka.cluster.kube import api_client, request_json  # noqa: E402
 from wanka.cluster.localcluster import LocalCluster  # noqa: E402
 
@@ -47,6 +54,23 @@ def training_job(i: int) -> dict[str, Any]:
                      "checkpoint": {"resume": "Never"},
                      "template": {"spec": {"terminationGracePeriodSeconds": 0,
                                            "containers": [{"name": "t", "image": "trainer:1"}]}}}}
+
+
+SCHEMALESS = "schemaless.wanka.io"
+
+
+def schemaless_crd_dir(tmp: Path) -> Path:
+    """The TrainingJob CRD, renamed into its own group, with no schema at all."""
+    crd = yaml.safe_load((REPO / "crds" / "wanka.io_trainingjobs.yaml").read_text())
+    crd["metadata"]["name"] = f"trainingjobs.{SCHEMALESS}"
+    crd["spec"]["group"] = SCHEMALESS
+    for version in crd["spec"]["versions"]:
+        version["schema"] = {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
+        version.pop("additionalPrinterColumns", None)
+    out = tmp / "schemaless"
+    out.mkdir()
+    (out / "trainingjobs.yaml").write_text(yaml.safe_dump(crd))
+    return out
 
 
 def main() -> int:
@@ -83,10 +107,25 @@ def main() -> int:
             batch("trainingjob finalizer patch", lambda i: request_json(
                 api, "PATCH", f"{JOBS}/j-{i}", {"metadata": {"finalizers": ["wanka.io/finalizer"]}},
                 content_type=MERGE))
+            status = {"status": {"phase": "Queued", "conditions": [
+                {"type": "Admitted", "status": "False", "reason": "Queued", "message": "waiting in queue q",
+                 "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}
             batch("trainingjob status patch", lambda i: request_json(
-                api, "PATCH", f"{JOBS}/j-{i}/status", {"status": {"phase": "Queued", "conditions": [
-                    {"type": "Admitted", "status": "False", "reason": "Queued", "message": "waiting in queue q",
-                     "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}, content_type=MERGE))
+                api, "PATCH", f"{JOBS}/j-{i}/status", status, content_type=MERGE))
+            install_crds(api, schemaless_crd_dir(Path(tmp)))
+            bare = JOBS.replace("wanka.io", SCHEMALESS, 1)
+            batch("schemaless trainingjob create", lambda i: request_json(
+                api, "POST", bare, {**training_job(i), "apiVersion": f"{SCHEMALESS}/v1alpha1"}))
+            batch("schemaless trainingjob status patch", lambda i: request_json(
+                api, "PATCH", f"{bare}/j-{i}/status", status, content_type=MERGE))
+            apply_manifests(api, render_chart("wanka", "default", "--api-versions", MAP_API,
+                                              "--show-only", "templates/jobfinalizer.yaml"), "default")
+            time.sleep(2)  # the policy takes effect once the API server has read it
+            batch("trainingjob create, finalizer policy", lambda i: request_json(
+                api, "POST", JOBS, training_job(n + i)))
+            last = request_json(api, "GET", f"{JOBS}/j-{2 * n - 1}")
+            if "wanka.io/finalizer" not in (last["metadata"].get("finalizers") or []):
+                costs.pop("trainingjob create, finalizer policy")  # the policy did not run: no figure
         finally:
             cluster.down()
     print(json.dumps({"benchmark": "API server CPU per write, local control plane", "writes_each": n,
