@@ -88,7 +88,7 @@ demo: venv binaries ## local cluster, 16 simulated 8-GPU nodes in 2 racks, a poo
 demo-tidal: venv binaries ## a tidal day: inference pods reclaim GPUs from training and give them back; prints JSON
 	$(VPY) hack/demo.py --tidal $(if $(KEEP),--keep,)
 
-bench-scale: venv binaries ## 1,250 nodes, 2,000 jobs, Wanka beside kube-scheduler (builds it once); JSON; ARGS=--runs 1
+bench-scale: venv binaries ## 1,250 nodes, 2,000 jobs, Wanka beside kube-scheduler and the Job controller (builds kube-scheduler once); JSON; ARGS=--runs 1
 	@bash hack/build-binaries.sh --scheduler >/dev/null
 	$(VPY) bench/bench_scale.py $(ARGS)
 

@@ -31,7 +31,7 @@ Every figure is reported as the median over the runs, with min, max and each run
 Times are taken from watch streams (not polls), in this process's monotonic clock. Each burst
 also reports every process's CPU seconds from its first create until it is all Running.
 
-    make bench-scale                      # 3 runs at 1,250 nodes and 2,000 jobs (about 15 min)
+    make bench-scale                      # 3 runs at 1,250 nodes and 2,000 jobs (about 20 min)
     .venv/bin/python bench/bench_scale.py --runs 1 --nodes 250 --jobs 400   # a quick look
 """
 
