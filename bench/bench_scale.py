@@ -14,8 +14,9 @@ Each run starts a fresh local control plane and measures, in order:
    on this API server; `--no-finalizer-policy` leaves it out); `pool_ready_seconds`: from the
    GPUPool's creation until its status counts every node healthy (the operator has taken the
    fleet in). `gang_1024_seconds` and `gang_4096_seconds`: one 128 x 8 and one 512 x 8
-   TrainingJob, create -> Running (each deleted afterwards); `gangs_100x64_seconds`: 100 8 x 8
-   gangs created at once -> all Running (then deleted).
+   TrainingJob, create -> Running; then each is deleted (`gang_1024_deleted_seconds`,
+   `gang_4096_deleted_seconds`: delete -> the job and every pod gone). `gangs_100x64_seconds`: 100
+   8 x 8 gangs created at once -> all Running (then deleted: `gangs_100x64_deleted_seconds`).
 4. `wanka_pods_all_running_seconds`: step 2's P plain pods, now with `schedulerName: wanka` and
    the queue and pool labels, created at once -> all Running (then deleted);
    `ratio_peer_over_wanka_pods` is step 2's time over this one: scheduler against scheduler.
@@ -345,17 +346,20 @@ class Wanka:
         self.jobs.wait(lambda: self.jobs.satisfied(names) == len(names), timeout, what)
         return self.jobs.last_first(names) - start
 
-    def remove(self, names: list[str]) -> None:
+    def remove(self, names: list[str]) -> float:
+        """Delete the jobs; seconds until the last of them and every pod are gone."""
         start = time.monotonic()
         parallel(lambda n: request_json(self.api, "DELETE", f"{self.jobs_path}/{n}"), names)
         gone = set(names)
         self.jobs.wait(lambda: not gone & self.jobs.now.keys(), 300, "jobs deleted")
         jobs_gone = time.monotonic() - start
         self.pods.wait(lambda: not self.pods.now, 300, "pods deleted")
-        log(f"{len(names)} job(s) deleted: jobs gone after {jobs_gone:.1f}s, "
-            f"pods after {time.monotonic() - start:.1f}s")
+        took = time.monotonic() - start
+        log(f"{len(names)} job(s) deleted: jobs gone after {jobs_gone:.1f}s, pods after {took:.1f}s")
+        return took
 
-    def gang(self, name: str, replicas: int) -> float:
+    def gang(self, name: str, replicas: int) -> tuple[float, float]:
+        """Create -> Running, and delete -> every pod gone, of one replicas x 8 gang."""
         start = self.create([training_job(name, replicas, 8)])
         took = self.all_running([name], start, 300, f"gang {name}")
         st = request_json(self.api, "GET", f"{self.jobs_path}/{name}").get("status") or {}
@@ -363,8 +367,7 @@ class Wanka:
             why = "; ".join(f"{c.get('type')}={c.get('reason')}: {c.get('message')}"
                             for c in st.get("conditions") or [])
             log(f"gang {name} restarted {st['restarts']} time(s) before it ran: {why}")
-        self.remove([name])
-        return took
+        return took, self.remove([name])
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -480,14 +483,14 @@ def one_run(args: argparse.Namespace, bins: Path, index: int) -> dict[str, Any]:
             w = Wanka(api)
             for replicas, key in ((128, "gang_1024_seconds"), (512, "gang_4096_seconds")):
                 if replicas <= args.nodes:
-                    out[key] = w.gang(f"g{replicas}", replicas)
+                    out[key], out[key.replace("_seconds", "_deleted_seconds")] = w.gang(f"g{replicas}", replicas)
                     log(f"run {index}: {replicas} x 8 gang Running after {out[key]:.2f}s")
             gangs = min(100, args.nodes // 10)
             names = [f"m-{i}" for i in range(gangs)]
             start = w.create([training_job(n, 8, 8) for n in names])
             out[f"gangs_{gangs}x64_seconds"] = w.all_running(names, start, 600, "concurrent gangs")
             log(f"run {index}: {gangs} 8 x 8 gangs Running after {out[f'gangs_{gangs}x64_seconds']:.1f}s")
-            w.remove(names)
+            out[f"gangs_{gangs}x64_deleted_seconds"] = w.remove(names)
             out.update(wanka_pods(api, w, args.jobs, meter))
             log(f"run {index}: Wanka: {args.jobs} plain pods Running after "
                 f"{out['wanka_pods_all_running_seconds']:.1f}s")
