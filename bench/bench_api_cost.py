@@ -40,12 +40,11 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_scale import MAP_API, proc_cpu_seconds  # noqa: E402
 
 from wanka.cluster.devenv import apply_manifests, install_crds, render_chart  # noqa: E402
-from wanka.cluster.kube import api_client, request_json  # noqa: E402
+from wanka.cluster.kube import MERGE_PATCH, api_client, request_json  # noqa: E402
 from wanka.cluster.localcluster import LocalCluster  # noqa: E402
 
 NS = "default"
 JOBS = f"/apis/wanka.io/v1alpha1/namespaces/{NS}/trainingjobs"
-MERGE = "application/merge-patch+json"
 
 
 def training_job(i: int) -> dict[str, Any]:
@@ -106,18 +105,18 @@ def main() -> int:
             batch("trainingjob create", lambda i: request_json(api, "POST", JOBS, training_job(i)))
             batch("trainingjob finalizer patch", lambda i: request_json(
                 api, "PATCH", f"{JOBS}/j-{i}", {"metadata": {"finalizers": ["wanka.io/finalizer"]}},
-                content_type=MERGE))
+                content_type=MERGE_PATCH))
             status = {"status": {"phase": "Queued", "conditions": [
                 {"type": "Admitted", "status": "False", "reason": "Queued", "message": "waiting in queue q",
                  "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}
             batch("trainingjob status patch", lambda i: request_json(
-                api, "PATCH", f"{JOBS}/j-{i}/status", status, content_type=MERGE))
+                api, "PATCH", f"{JOBS}/j-{i}/status", status, content_type=MERGE_PATCH))
             install_crds(api, schemaless_crd_dir(Path(tmp)))
             bare = JOBS.replace("wanka.io", SCHEMALESS, 1)
             batch("schemaless trainingjob create", lambda i: request_json(
                 api, "POST", bare, {**training_job(i), "apiVersion": f"{SCHEMALESS}/v1alpha1"}))
             batch("schemaless trainingjob status patch", lambda i: request_json(
-                api, "PATCH", f"{bare}/j-{i}/status", status, content_type=MERGE))
+                api, "PATCH", f"{bare}/j-{i}/status", status, content_type=MERGE_PATCH))
             apply_manifests(api, render_chart("wanka", "default", "--api-versions", MAP_API,
                                               "--show-only", "templates/jobfinalizer.yaml"), "default")
             time.sleep(2)  # the policy takes effect once the API server has read it

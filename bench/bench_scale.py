@@ -62,7 +62,7 @@ from kubernetes.client.exceptions import ApiException  # noqa: E402
 
 from wanka.cluster.dev import node_manifest  # noqa: E402
 from wanka.cluster.devenv import apply_manifests, install_crds, render_chart, start_operator  # noqa: E402
-from wanka.cluster.kube import api_client, request_json  # noqa: E402
+from wanka.cluster.kube import MERGE_PATCH, api_client, request_json  # noqa: E402
 from wanka.cluster.localcluster import BUILD_SCRIPT, LocalCluster, free_port  # noqa: E402
 from wanka.cluster.watch import events  # noqa: E402
 
@@ -419,7 +419,7 @@ def member_failure(api: client.ApiClient, w: Wanka, tries: int) -> list[float]:
         start = time.monotonic()
         request_json(api, "PATCH", f"{w.pods_path}/{live[i % len(live)]}",
                      {"metadata": {"labels": {"wanka.io/sim": "fail"}}},
-                     content_type="application/merge-patch+json")
+                     content_type=MERGE_PATCH)
 
         def back(i: int = i) -> bool:
             st = request_json(api, "GET", path).get("status") or {}

@@ -25,7 +25,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from wanka.api.gpupool import GPUPoolSpec
 from wanka.api.tenantqueue import TenantQueueSpec
@@ -50,8 +50,6 @@ from wanka.cluster.translate import (
 )
 from wanka.core.requests import GangRequest, InvalidRequest
 from wanka.core.snapshot import WHOLE, Allocation, DeviceShare
-
-T = TypeVar("T")
 
 QUEUE_LABEL = "wanka.io/queue"
 POOL_LABEL = "wanka.io/pool"

@@ -23,7 +23,7 @@ from wanka import __version__
 from wanka.api.gpupool import GPUPoolSpec
 from wanka.cluster.cache import FleetCache
 from wanka.cluster.fence import Fence, NotLeader, check
-from wanka.cluster.kube import api_message, request_json, side_by_side
+from wanka.cluster.kube import STRATEGIC_PATCH, api_message, request_json, side_by_side
 from wanka.cluster.pools import parse_spec
 from wanka.cluster.translate import device_count, labels
 from wanka.cluster.writer import Recorder
@@ -72,7 +72,7 @@ class ApiNodePatcher:
     def patch_node(self, name: str, body: Mapping[str, Any]) -> None:
         check(self.fence, f"patch node {name}")
         request_json(self.api, "PATCH", f"/api/v1/nodes/{name}", dict(body),
-                     content_type="application/strategic-merge-patch+json")
+                     content_type=STRATEGIC_PATCH)
 
 
 BURN_IN_LABEL = "wanka.io/burn-in"  # on a burn-in pod: its number (the record's burnIns)

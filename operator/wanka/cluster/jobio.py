@@ -13,14 +13,14 @@ from kubernetes.client.exceptions import ApiException
 from wanka.api.common import GROUP, VERSION
 from wanka.cluster.cache import Store, version
 from wanka.cluster.fence import Fence, check
-from wanka.cluster.kube import request_json
+from wanka.cluster.kube import MERGE_PATCH, STRATEGIC_PATCH, request_json
 from wanka.metrics import BINDS
 
 log = logging.getLogger(__name__)
 FINALIZER = "wanka.io/finalizer"
 
 
-# Where `ensure` creates each kind it makes.
+# Where `ensure` creates each kind it makes (and `delete_owned` deletes them, by name).
 _CREATE = {
     "Pod": "/api/v1/namespaces/{ns}/pods",
     "Service": "/api/v1/namespaces/{ns}/services",
@@ -35,8 +35,6 @@ class Conflict(Exception):
     """The object changed since we read it (409) or is gone (404): re-read and decide again."""
 
 
-MERGE = "application/merge-patch+json"
-STRATEGIC = "application/strategic-merge-patch+json"
 JOBS = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/trainingjobs/{{name}}"
 
 
@@ -60,7 +58,7 @@ class JobIO:
             body["metadata"] = {"resourceVersion": version}
         try:
             out = request_json(self.api, "PATCH", JOBS.format(ns=ns, name=name) + "/status", body,
-                               content_type=MERGE)
+                               content_type=MERGE_PATCH)
         except ApiException as exc:
             if exc.status in (404, 409):
                 raise Conflict(f"{ns}/{name}: {exc.reason}") from exc
@@ -72,7 +70,7 @@ class JobIO:
         check(self.fence, f"set finalizers of {ns}/{name}")
         body = {"metadata": {"finalizers": finalizers, "resourceVersion": version}}
         try:
-            out = request_json(self.api, "PATCH", JOBS.format(ns=ns, name=name), body, content_type=MERGE)
+            out = request_json(self.api, "PATCH", JOBS.format(ns=ns, name=name), body, content_type=MERGE_PATCH)
         except ApiException as exc:
             if exc.status in (404, 409):
                 raise Conflict(f"{ns}/{name}: {exc.reason}") from exc
@@ -139,7 +137,7 @@ class JobIO:
         check(self.fence, f"write status of pod {ns}/{name}")
         self._patch(f"/api/v1/namespaces/{ns}/pods/{name}/status",
                     {"status": {"conditions": [dict(condition)]}}, f"pod {ns}/{name}",
-                    "application/strategic-merge-patch+json")
+                    STRATEGIC_PATCH)
 
     def patch_batch_job(self, ns: str, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Merge-patch a batch/v1 Job (suspend, its placement); put a resourceVersion in `body`
@@ -148,7 +146,7 @@ class JobIO:
         return self._patch(f"/apis/batch/v1/namespaces/{ns}/jobs/{name}", body, f"Job {ns}/{name}")
 
     def _patch(self, path: str, body: Mapping[str, Any], what: str,
-               content_type: str = "application/merge-patch+json") -> dict[str, Any]:
+               content_type: str = MERGE_PATCH) -> dict[str, Any]:
         try:
             return request_json(self.api, "PATCH", path, dict(body), content_type=content_type)
         except ApiException as exc:
@@ -169,7 +167,7 @@ class JobIO:
         check(self.fence, f"write ConfigMap {ns}/{name}")
         path = f"/api/v1/namespaces/{ns}/configmaps"
         try:
-            request_json(self.api, "PATCH", f"{path}/{name}", {"data": dict(data)}, content_type=STRATEGIC)
+            request_json(self.api, "PATCH", f"{path}/{name}", {"data": dict(data)}, content_type=STRATEGIC_PATCH)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -178,7 +176,7 @@ class JobIO:
     def patch_node(self, name: str, body: Mapping[str, Any]) -> None:
         check(self.fence, f"patch node {name}")
         try:
-            request_json(self.api, "PATCH", f"/api/v1/nodes/{name}", dict(body), content_type=STRATEGIC)
+            request_json(self.api, "PATCH", f"/api/v1/nodes/{name}", dict(body), content_type=STRATEGIC_PATCH)
         except ApiException as exc:
             if exc.status in (404, 409):
                 raise Conflict(f"node {name}: {exc.reason}") from exc

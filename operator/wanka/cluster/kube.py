@@ -193,6 +193,12 @@ def list_all(api: client.ApiClient, kind: str, page: int = LIST_PAGE,
             return (items, str(meta.get("resourceVersion") or "")) if with_version else items
 
 
+# The patch types Wanka sends (`request_json`'s content_type): JSON merge patch for custom
+# resources and a few core fields, strategic merge patch where a core list must merge by key.
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+
+
 def request_json(api: client.ApiClient, method: str, path: str, body: Any = None,
                  query: list[tuple[str, str]] | None = None, timeout: Any = None,
                  content_type: str = "application/json") -> dict[str, Any]:

@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from wanka.api.common import GROUP, VERSION
 from wanka.cluster.fence import Fence, check
-from wanka.cluster.kube import request_json
+from wanka.cluster.kube import MERGE_PATCH, request_json
 from wanka.metrics import EVENTS_DROPPED
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class StatusWriter:
         where = f"namespaces/{namespace}/" if namespace else ""
         try:
             request_json(self.api, "PATCH", f"/apis/{GROUP}/{VERSION}/{where}{plural}/{name}/status", body,
-                         content_type="application/merge-patch+json")
+                         content_type=MERGE_PATCH)
         except ApiException as exc:
             if exc.status == 404:
                 return False
@@ -139,7 +139,7 @@ class EventRecorder:
                 name, ns, count, _ = seen
                 request_json(self.core.api_client, "PATCH", f"/api/v1/namespaces/{ns}/events/{name}",
                              {"count": count + 1, "lastTimestamp": _ts()},
-                             content_type="application/merge-patch+json")
+                             content_type=MERGE_PATCH)
                 self._remember(key, (name, ns, count + 1, now))
                 return
             body = {
